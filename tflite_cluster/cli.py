@@ -1,0 +1,238 @@
+"""Command line: ``tflite-cluster VERB ...``, thin over the public API.
+
+``main(argv) -> int`` maps typed errors to exit codes: 0 success, 1 a check failed (--strict,
+a gate), 2 an error (one line on stderr naming the file and the problem, no traceback).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+from . import __version__
+from .clustering import ClusterReport, cluster
+from .config import ClusterConfig, Granularity, Init, Method, Space, load_config
+from .errors import ClusterError, ConfigError, OutputError
+from .fileio import write_atomic
+from .inspection import inspect
+
+PROG = "tflite-cluster"
+
+
+class UsageError(Exception):
+    """Bad command-line arguments (exit 2, one line)."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump, exit code 2 via main()
+        raise UsageError(f"{self.prog}: {message}")
+
+
+# --- small formatting helpers -------------------------------------------------------------
+
+def _table(headers: list[str], rows: list[list[str]], right: set[int] = frozenset()) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if i in right else c.ljust(w)
+                         for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def _short(name: str, width: int = 48) -> str:
+    return name if len(name) <= width else "..." + name[-(width - 3):]
+
+
+def _sqnr(v) -> str:
+    if v is None:
+        return "exact"
+    return "-inf" if math.isinf(v) else f"{v:.1f}"
+
+
+def _dump_json(obj) -> str:
+    return json.dumps(obj, indent=2, allow_nan=False)
+
+
+class _ProgressBar:
+    """A one-line progress bar on stderr, only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+
+    def __call__(self, done: int, total: int, name: str) -> None:
+        if not self.enabled or total == 0:
+            return
+        width = 30
+        filled = width * done // total
+        end = "\n" if done == total else ""
+        sys.stderr.write(f"\r[{'#' * filled}{'.' * (width - filled)}] {done}/{total} "
+                         f"{_short(name, 40):40}{end}")
+        sys.stderr.flush()
+
+
+# --- cluster ------------------------------------------------------------------------------
+
+def _add_cluster(sub) -> None:
+    p = sub.add_parser("cluster", help="cluster the weights of a .tflite model")
+    p.add_argument("model", help="input .tflite file")
+    out = p.add_mutually_exclusive_group(required=True)
+    out.add_argument("-o", "--output", help="output .tflite file")
+    out.add_argument("--in-place", action="store_true", help="replace the input (atomically)")
+    p.add_argument("-k", "--clusters", type=int, dest="k", help="distinct values per tensor/channel/group (default 16)")
+    p.add_argument("--granularity", choices=[g.value for g in Granularity], help="default: channel")
+    p.add_argument("--group-size", type=int, help="channels per group for --granularity group")
+    p.add_argument("--space", choices=[s.value for s in Space], help="default: auto")
+    p.add_argument("--method", choices=[m.value for m in Method], help="default: optimal (exact)")
+    p.add_argument("--init", choices=[i.value for i in Init], help="initialisation for --method kmeans")
+    p.add_argument("--seed", type=int, help="seed for --method kmeans (default 0)")
+    p.add_argument("--preserve-sparsity", action="store_true", default=None,
+                   help="exact zeros stay zero and zero is one of the k values")
+    p.add_argument("--min-elements", type=int, help="skip tensors smaller than this (default 1024)")
+    p.add_argument("--config", help="JSON config file (flags override its global settings)")
+    p.add_argument("--report", help="write a JSON report here")
+    p.add_argument("--force", action="store_true", help="overwrite existing output/report files")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 (writing nothing) if a rule matches nothing or a selected tensor is skipped")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.set_defaults(run=_run_cluster)
+
+
+def _config_from_args(args) -> ClusterConfig:
+    base = load_config(args.config) if args.config else ClusterConfig()
+    return base.with_overrides(
+        k=args.k, granularity=args.granularity, group_size=args.group_size, space=args.space,
+        method=args.method, init=args.init, seed=args.seed, preserve_sparsity=args.preserve_sparsity,
+        min_elements=args.min_elements)
+
+
+def format_cluster_report(report: ClusterReport) -> str:
+    rows = []
+    for t in report.tensors:
+        after = str(t.unique_after) if t.skipped is None else "-"
+        rows.append([_short(t.name), t.op, "x".join(map(str, t.shape)), t.dtype, str(t.unique_before),
+                     after, _sqnr(t.sqnr_db) if t.skipped is None else f"skipped: {t.skipped}"])
+    table = _table(["tensor", "op", "shape", "dtype", "unique", "after", "SQNR dB"], rows, {4, 5})
+    done = report.clustered
+    changed = sum(1 for t in done if t.sqnr_db is not None)
+    weights = sum(t.elements for t in done)
+    finite = [t.sqnr_db for t in done if t.sqnr_db is not None]
+    lines = [table, "",
+             f"clustered {len(done)} of {len(report.tensors)} weight tensors ({weights:,} weights, "
+             f"{changed} changed), skipped {len(report.tensors) - len(done)}; "
+             f"min SQNR {_sqnr(min(finite)) if finite else 'exact'} dB; {report.seconds:.2f} s"]
+    lines += [f"warning: {p}" for p in report.problems]
+    return "\n".join(lines)
+
+
+def _run_cluster(args) -> int:
+    config = _config_from_args(args)
+    src = Path(args.model)
+    dest = src if args.in_place else Path(args.output)
+    if not args.in_place and dest.exists() and not args.force:
+        raise OutputError(dest, "already exists (use --force to overwrite)")
+    if args.report and Path(args.report).exists() and not args.force:
+        raise OutputError(args.report, "already exists (use --force to overwrite)")
+    result = cluster(src, config, progress=_ProgressBar(not args.quiet))
+    report = result.report
+    if not args.quiet:
+        print(format_cluster_report(report))
+    if args.strict and report.problems:
+        print(f"{PROG}: {src}: --strict: {len(report.problems)} problem(s); nothing written",
+              file=sys.stderr)
+        return 1
+    if args.in_place:
+        result.save(src, overwrite=True, mode=os.stat(src).st_mode)
+    else:
+        result.save(dest, overwrite=args.force)
+    if args.report:
+        write_atomic(args.report, (_dump_json(report.to_dict()) + "\n").encode(), overwrite=args.force)
+    if not args.quiet:
+        print(f"wrote {dest} ({report.size:,} bytes)")
+    return 0
+
+
+# --- inspect ------------------------------------------------------------------------------
+
+def _add_inspect(sub) -> None:
+    p = sub.add_parser("inspect", help="list candidate weight tensors and what cluster would do")
+    p.add_argument("model")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--config", help="JSON config file to judge clusterability with")
+    p.add_argument("--min-elements", type=int)
+    p.set_defaults(run=_run_inspect)
+
+
+def _quant_text(q) -> str:
+    if q is None:
+        return "-"
+    if len(q["scales"]) > 1:
+        return f"per-channel({len(q['scales'])}, axis {q['quantized_dimension']})"
+    return "per-tensor"
+
+
+def _run_inspect(args) -> int:
+    config = load_config(args.config) if args.config else ClusterConfig()
+    config = config.with_overrides(min_elements=args.min_elements)
+    result = inspect(args.model, config)
+    if args.json:
+        print(_dump_json(result.to_dict()))
+        return 0
+    rows = [[str(t.subgraph), str(t.tensor), _short(t.name, 40), ",".join(dict.fromkeys(o["op"] for o in t.ops)),
+             "x".join(map(str, t.shape)), t.dtype, _quant_text(t.quantization), str(t.unique),
+             "-" if t.max_unique_per_channel is None else str(t.max_unique_per_channel),
+             f"{100 * t.zeros:.1f}", f"{t.bytes:,}", "yes" if t.clusterable else f"no: {t.reason}"]
+            for t in result.tensors]
+    print(_table(["sg", "t", "tensor", "op", "shape", "dtype", "quant", "unique", "max/ch", "zeros%",
+                  "bytes", "cluster"], rows, {0, 1, 7, 8, 9, 10}))
+    n = sum(t.clusterable for t in result.tensors)
+    print(f"\n{result.model}: {result.size:,} bytes, {result.subgraphs} subgraph(s), "
+          f"{len(result.tensors)} candidate weight tensors, {n} clustered by default")
+    return 0
+
+
+# --- entry point --------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="Post-training weight clustering of .tflite models.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    _add_cluster(sub)
+    _add_inspect(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.run(args)
+    except UsageError as exc:
+        print(f"{exc}", file=sys.stderr)
+        return 2
+    except ConfigError as exc:
+        print(f"{PROG}: error: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    except ClusterError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted; nothing written", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else 0
+    except Exception as exc:  # a bug: still one line and exit 2, unless debugging
+        if os.environ.get("TFLITE_CLUSTER_DEBUG"):
+            raise
+        print(f"{PROG}: internal error: {type(exc).__name__}: {exc} (set TFLITE_CLUSTER_DEBUG=1 "
+              f"for a traceback, and please report it)", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

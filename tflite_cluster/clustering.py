@@ -1,0 +1,236 @@
+"""The main job: select weights, cluster each buffer once, patch them into a copy of the model.
+
+``cluster(model, config)`` reads the model (path or bytes), resolves the settings of every
+candidate weight, clusters the selected ones with the kernels in :mod:`kmeans`, writes the
+snapped values into a same-length copy of the file, re-parses that copy, and returns a
+:class:`ClusterResult` with the new bytes and a :class:`ClusterReport`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import kmeans, model as tfl
+from .config import ClusterConfig, Granularity, Method, Settings, Space
+from .errors import ConfigError, InvalidModelError, UnsupportedModelError
+from .fileio import read_bytes, write_atomic
+from .quant import effective_space, from_space, make_rows, real_values, to_space
+
+Progress = Callable[[int, int, str], None]
+
+# Skip reasons that are a deliberate choice; every other skip of a selected tensor is a
+# problem that --strict turns into a failure.
+_DELIBERATE = ("skipped by config", "fewer than min_elements")
+
+
+@dataclass(frozen=True)
+class TensorReport:
+    name: str
+    subgraph: int
+    tensor: int
+    buffer: int
+    op: str
+    ops: list
+    dtype: str
+    shape: list
+    elements: int
+    clusters: int | None
+    granularity: str | None
+    space: str | None
+    method: str | None
+    unique_before: int
+    unique_after: int
+    mse: float | None
+    sqnr_db: float | None  # None when nothing changed (lossless)
+    skipped: str | None
+    rules: list = field(default_factory=list)
+    shared_with: list = field(default_factory=list)
+    note: str | None = None
+
+    @property
+    def problem(self) -> bool:
+        """A selected tensor that was skipped for a reason other than the user's choice."""
+        return self.skipped is not None and not self.skipped.startswith(_DELIBERATE)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ClusterReport:
+    model: str
+    config: dict
+    tensors: tuple[TensorReport, ...]
+    unmatched_rules: tuple[str, ...]
+    size: int
+    seconds: float
+
+    @property
+    def clustered(self) -> tuple[TensorReport, ...]:
+        return tuple(t for t in self.tensors if t.skipped is None)
+
+    @property
+    def problems(self) -> tuple[str, ...]:
+        """Findings --strict turns into a failure."""
+        out = [f"rule {r} matched no tensor" for r in self.unmatched_rules]
+        out += [f"tensor '{t.name}' skipped: {t.skipped}" for t in self.tensors if t.problem]
+        return tuple(out)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "config": self.config,
+            "size": self.size,
+            "seconds": round(self.seconds, 6),
+            "unmatched_rules": list(self.unmatched_rules),
+            "tensors": [t.to_dict() for t in self.tensors],
+        }
+
+
+@dataclass(frozen=True)
+class ClusterResult:
+    data: bytes
+    report: ClusterReport
+
+    def save(self, path: str | Path, *, overwrite: bool = False, mode: int | None = None) -> None:
+        """Write the model atomically (temp file in the target folder, fsync, rename)."""
+        write_atomic(path, self.data, overwrite=overwrite, mode=mode)
+
+
+def load(model) -> tuple[bytes, str]:
+    """Model bytes and a label for messages, from a path or bytes."""
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        return bytes(model), "<bytes>"
+    if isinstance(model, (str, Path)):
+        return read_bytes(model), str(model)
+    raise TypeError(f"model must be a path or bytes, not {type(model).__name__}")
+
+
+def _unique_count(values: np.ndarray) -> int:
+    return int(np.unique(values).size) if values.size else 0
+
+
+def skip_reason(w: tfl.WeightTensor, s: Settings, applied: list[str]) -> str | None:
+    if s.skip:
+        return f"skipped by config ({', '.join(applied) or 'global'})"
+    if w.dtype not in tfl.CLUSTERABLE_DTYPES:
+        return f"dtype {w.dtype} is not clusterable"
+    if w.elements < s.min_elements and not w.sparse:
+        return f"fewer than min_elements ({w.elements} < {s.min_elements})"
+    if effective_space(s.space, w.dtype) == Space.INT8 and w.dtype not in ("int8", "uint8"):
+        return f"space int8 needs integer weights, this tensor is {w.dtype}"
+    if w.dtype in ("int8", "uint8") and effective_space(s.space, w.dtype) == Space.FLOAT \
+            and w.quantization is None:
+        return "space float needs quantization scales, this integer tensor has none"
+    return None
+
+
+def resolve_all(info: tfl.ModelInfo, config: ClusterConfig):
+    """Settings per weight (checked across shared buffers) and the rules that matched nothing."""
+    used = set()
+    resolved = []
+    for w in info.weights:
+        s, applied = config.resolve(w.name, w.op_types)
+        for _sg, _t, alias in w.aliases:
+            s2, applied2 = config.resolve(alias, w.op_types)
+            if s2 != s:
+                raise ConfigError(f"buffer {w.buffer} is shared by tensors '{w.name}' and '{alias}' "
+                                  f"whose configs conflict")
+            applied = list(dict.fromkeys(applied + applied2))
+        used.update(applied)
+        resolved.append((w, s, applied))
+    rules = [f"op_types.{op}" for op in config.op_types] + [f"names[{i}]" for i in range(len(config.names))]
+    unmatched = tuple(r if r.startswith("op_types") else f"{r} ({config.names[int(r[6:-1])].regex!r})"
+                      for r in rules if r not in used)
+    return resolved, unmatched
+
+
+def _cluster_tensor(stored, w: tfl.WeightTensor, s: Settings, config: ClusterConfig):
+    """Cluster one weight; returns (new stored array, note)."""
+    space = effective_space(s.space, w.dtype)
+    note = None
+    if w.sparse:
+        granularity, axis = Granularity.TENSOR, None
+        if s.granularity != Granularity.TENSOR:
+            note = "sparse tensor: clustered per tensor over its stored values"
+    else:
+        granularity = s.granularity
+        axis = w.channel_axis()
+        if axis is None and granularity != Granularity.TENSOR:
+            raise UnsupportedModelError(w.name, "no single output-channel axis (used by ops with "
+                                                "different layouts); use granularity tensor")
+    rows = make_rows(stored.shape, granularity, axis, s.group_size or config.group_size)
+    values = to_space(stored, w.dtype, w.quantization, space)
+    blocks = [kmeans.snap_rows(block, s.k, method=s.method.value, integer=space == Space.INT8,
+                               zero_fixed=s.preserve_sparsity, init=s.init.value, seed=config.seed)
+              for block in rows.split(values)]
+    snapped = rows.join(blocks)
+    return from_space(snapped, w.dtype, w.quantization, space), note
+
+
+def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | None = None) -> ClusterResult:
+    """Cluster the weights of ``model`` (a path or the model's bytes) under ``config``."""
+    start = time.perf_counter()
+    config = config or ClusterConfig()
+    data, label = load(model)
+    info = tfl.parse(data, label)
+    resolved, unmatched = resolve_all(info, config)
+
+    changes: dict[int, bytes] = {}
+    reports = []
+    for i, (w, s, applied) in enumerate(resolved):
+        if progress:
+            progress(i, len(resolved), w.name)
+        stored = tfl.read_array(data, w)
+        skipped = skip_reason(w, s, applied)
+        if skipped is None and w.dtype in ("float32", "float16") and not np.all(np.isfinite(stored)):
+            raise InvalidModelError(label, f"tensor '{w.name}' (subgraph {w.subgraph}, tensor "
+                                           f"{w.tensor}) has NaN or Inf weights; cannot cluster it")
+        before = _unique_count(stored)
+        common = dict(name=w.name, subgraph=w.subgraph, tensor=w.tensor, buffer=w.buffer,
+                      op=w.uses[0].op_type, ops=[u.to_dict() for u in w.uses], dtype=w.dtype,
+                      shape=list(w.shape), elements=w.elements, unique_before=before, rules=applied,
+                      shared_with=[{"subgraph": a, "tensor": b, "name": n} for a, b, n in w.aliases])
+        if skipped is not None:
+            reports.append(TensorReport(clusters=None, granularity=None, space=None, method=None,
+                                        unique_after=before, mse=None, sqnr_db=None, skipped=skipped,
+                                        **common))
+            continue
+        try:
+            new, note = _cluster_tensor(stored, w, s, config)
+        except UnsupportedModelError as exc:
+            reports.append(TensorReport(clusters=None, granularity=None, space=None, method=None,
+                                        unique_after=before, mse=None, sqnr_db=None,
+                                        skipped=exc.message, **common))
+            continue
+        new_bytes = new.tobytes()
+        if new_bytes != stored.tobytes():
+            changes[w.data_offset] = new_bytes
+        ref = real_values(stored, w.dtype, w.quantization)
+        err = real_values(new, w.dtype, w.quantization) - ref
+        sse = float(np.sum(err * err))
+        signal = float(np.sum(ref * ref))
+        sqnr = None if sse == 0 else (10 * math.log10(signal / sse) if signal > 0 else -math.inf)
+        reports.append(TensorReport(
+            clusters=s.k, granularity=("tensor" if w.sparse else s.granularity.value),
+            space=effective_space(s.space, w.dtype).value, method=s.method.value,
+            unique_after=_unique_count(new), mse=sse / max(w.elements, 1), sqnr_db=sqnr,
+            skipped=None, note=note, **common))
+    if progress:
+        progress(len(resolved), len(resolved), "")
+
+    out = bytes(tfl.patch(data, changes)) if changes else data
+    check = tfl.parse(out, f"{label} (clustered)")
+    if [(w.buffer, w.data_offset, w.nbytes) for w in check.weights] != \
+            [(w.buffer, w.data_offset, w.nbytes) for w in info.weights]:  # pragma: no cover
+        raise InvalidModelError(label, "internal error: the clustered model does not re-parse the same")
+    report = ClusterReport(model=label, config=config.to_dict(), tensors=tuple(reports),
+                           unmatched_rules=unmatched, size=len(out),
+                           seconds=time.perf_counter() - start)
+    return ClusterResult(out, report)

@@ -1,0 +1,106 @@
+"""Clustering spaces and granularity: stored weights <-> rows the kernels cluster.
+
+* int8 space: the stored integer codes themselves (scales and zero points unchanged).
+* float space: real values. float32/float16 as stored; int8/uint8 dequantized with their own
+  (per-channel) scales and zero points, and re-quantized afterwards.
+
+Granularity turns a tensor into 2-D rows, one clustering problem per row: the whole tensor, one
+output channel, or a group of G consecutive channels (the last group may be smaller).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import Granularity, Space
+
+INTEGER_DTYPES = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+def effective_space(space: Space, dtype: str) -> Space:
+    """``auto`` means int8 for integer weights, float otherwise."""
+    if space == Space.AUTO:
+        return Space.INT8 if dtype in INTEGER_DTYPES else Space.FLOAT
+    return space
+
+
+def _per_channel(values, shape, axis):
+    """Broadcast a per-channel vector along ``axis`` of ``shape``."""
+    view = [1] * len(shape)
+    view[axis] = -1
+    return np.asarray(values, dtype=np.float64).reshape(view)
+
+
+def real_values(stored: np.ndarray, dtype: str, quant) -> np.ndarray:
+    """Real (float64) values of stored weights: dequantized when quantized."""
+    x = stored.astype(np.float64)
+    if dtype in INTEGER_DTYPES and quant is not None:
+        if len(quant.scales) > 1:
+            scale = _per_channel(quant.scales, stored.shape, quant.axis)
+            zp = _per_channel(quant.zero_points or [0] * len(quant.scales), stored.shape, quant.axis)
+        else:
+            scale, zp = quant.scales[0], (quant.zero_points[0] if quant.zero_points else 0)
+        x = (x - zp) * scale
+    return x
+
+
+def to_space(stored: np.ndarray, dtype: str, quant, space: Space) -> np.ndarray:
+    """Values to cluster: integer codes (int64) in int8 space, float64 in float space."""
+    if space == Space.INT8:
+        return stored.astype(np.int64)
+    return real_values(stored, dtype, quant)
+
+
+def from_space(values: np.ndarray, dtype: str, quant, space: Space) -> np.ndarray:
+    """Clustered values back in the storage dtype (centroids rounded / re-quantized)."""
+    if dtype in INTEGER_DTYPES:
+        lo, hi = INTEGER_DTYPES[dtype]
+        if space == Space.FLOAT and quant is not None:
+            if len(quant.scales) > 1:
+                scale = _per_channel(quant.scales, values.shape, quant.axis)
+                zp = _per_channel(quant.zero_points or [0] * len(quant.scales), values.shape, quant.axis)
+            else:
+                scale, zp = quant.scales[0], (quant.zero_points[0] if quant.zero_points else 0)
+            values = np.round(values / scale) + zp
+        return np.clip(np.round(values), lo, hi).astype(dtype)
+    return values.astype(dtype)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """How a tensor was cut into rows, so the rows can be put back."""
+
+    shape: tuple[int, ...]
+    axis: int | None  # channel axis moved to the front, or None for the whole tensor
+    group: int  # channels per row (C for tensor granularity on a channel layout)
+
+    def split(self, x: np.ndarray) -> list[np.ndarray]:
+        """2-D blocks of rows (a second block when the last group is smaller)."""
+        if self.axis is None:
+            return [x.reshape(1, -1)]
+        a = np.moveaxis(x.reshape(self.shape), self.axis, 0)
+        channels = a.shape[0]
+        flat = a.reshape(channels, -1)
+        full = channels // self.group * self.group
+        blocks = [flat[:full].reshape(channels // self.group, -1)] if full else []
+        if full < channels:
+            blocks.append(flat[full:].reshape(1, -1))
+        return blocks
+
+    def join(self, blocks: list[np.ndarray]) -> np.ndarray:
+        if self.axis is None:
+            return blocks[0].reshape(self.shape)
+        channels = self.shape[self.axis]
+        flat = np.concatenate([b.reshape(-1) for b in blocks]).reshape(channels, -1)
+        moved = (channels,) + self.shape[:self.axis] + self.shape[self.axis + 1:]
+        return np.ascontiguousarray(np.moveaxis(flat.reshape(moved), 0, self.axis))
+
+
+def make_rows(shape: tuple[int, ...], granularity: Granularity, axis: int | None,
+              group_size: int | None) -> Rows:
+    if granularity == Granularity.TENSOR or axis is None or not shape:
+        return Rows(tuple(shape), None, 1)
+    group = 1 if granularity == Granularity.CHANNEL else min(group_size or 1, shape[axis])
+    return Rows(tuple(shape), axis, group)
