@@ -44,3 +44,7 @@ class MissingExtraError(ClusterError):
         super().__init__(f"{package} is not installed: pip install 'tflite-cluster[{extra}]'")
         self.package = package
         self.extra = extra
+
+
+class VelaError(InputFileError):
+    """Arm's Vela compiler failed on a model (the message names the model and Vela's reason)."""

@@ -456,3 +456,65 @@ def patch(data, changes: Mapping[int, bytes]) -> bytearray:
             raise ValueError(f"patch at {offset} of {len(new)} bytes runs past the end")
         out[offset:end] = new
     return out
+
+
+@dataclass(frozen=True)
+class OpRecord:
+    """One operator: its type and the dtypes of its inputs (None for an omitted input) and outputs."""
+
+    subgraph: int
+    index: int
+    op_type: str
+    input_dtypes: tuple[str | None, ...]
+    output_dtypes: tuple[str, ...]
+
+
+def operators(data, label: str = "<bytes>") -> tuple[OpRecord, ...]:
+    """Every operator of every subgraph, in order (custom ops as ``CUSTOM:<code>``).
+
+    Used to see where a model's activations are float, and to count the ops an NPU compiler
+    (Vela) left on the CPU in its output model. Raises :class:`InvalidModelError` on bad bytes.
+    """
+    size = len(data)
+    if size < 8 or bytes(data[4:8]) != FILE_IDENTIFIER:
+        raise InvalidModelError(label, "not a .tflite model (no TFL3 file identifier)")
+    step = _Step()
+    try:
+        model = tflite.Model.GetRootAs(data, 0)
+        step.where = "operator codes"
+        opcodes = []
+        for i in range(model.OperatorCodesLength()):
+            oc = model.OperatorCodes(i)
+            code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+            name = _OP_NAMES.get(code, f"BUILTIN_{code}")
+            if code == tflite.BuiltinOperator.CUSTOM:
+                cc = oc.CustomCode()
+                name = f"CUSTOM:{cc.decode('utf-8', 'replace')}" if cc else "CUSTOM"
+            opcodes.append(name)
+        out = []
+        for s in range(model.SubgraphsLength()):
+            sg = model.Subgraphs(s)
+            n_tensors = sg.TensorsLength()
+            types = [_TENSOR_TYPES.get(sg.Tensors(t).Type(), (f"type{sg.Tensors(t).Type()}", None))[0]
+                     for t in range(n_tensors)]
+            for oi in range(sg.OperatorsLength()):
+                step.where = f"subgraph {s} operator {oi}"
+                op = sg.Operators(oi)
+                idx = op.OpcodeIndex()
+                if idx >= len(opcodes):
+                    raise InvalidModelError(label, f"subgraph {s} operator {oi} uses opcode {idx}, "
+                                                   f"but the model has {len(opcodes)}")
+                ins = [int(x) for x in (op.InputsAsNumpy() if not op.InputsIsNone() else [])]
+                outs = [int(x) for x in (op.OutputsAsNumpy() if not op.OutputsIsNone() else [])]
+                if any(t >= n_tensors or t < -1 for t in ins + outs):
+                    raise InvalidModelError(label, f"subgraph {s} operator {oi} refers to a tensor "
+                                                   f"outside the {n_tensors} of its subgraph")
+                out.append(OpRecord(s, oi, opcodes[idx], tuple(types[t] if t >= 0 else None for t in ins),
+                                    tuple(types[t] for t in outs if t >= 0)))
+        return tuple(out)
+    except InvalidModelError:
+        raise
+    except (IndexError, struct.error, ValueError, TypeError, OverflowError, AttributeError,
+            RecursionError) as exc:
+        raise InvalidModelError(
+            label, f"corrupt FlatBuffer while reading {step.where} ({type(exc).__name__})") from None
