@@ -195,6 +195,116 @@ def _run_inspect(args) -> int:
     return 0
 
 
+# --- size ---------------------------------------------------------------------------------
+
+def _add_size(sub) -> None:
+    p = sub.add_parser("size", help="measured sizes: file, zlib -9, ideal palette, entropy, Vela")
+    p.add_argument("models", nargs="+", metavar="MODEL", help=".tflite files")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--vela", metavar="CONFIG",
+                   help="also compile with Vela for this accelerator (e.g. ethos-u55-128)")
+    p.add_argument("--tensors", action="store_true", help="also list every weight tensor")
+    p.set_defaults(run=_run_size)
+
+
+def _run_size(args) -> int:
+    from .size import check_vela_config, format_bytes as fb, measure
+    if args.vela:
+        check_vela_config(args.vela)
+    sizes = [measure(m, vela=args.vela) for m in args.models]
+    if args.json:
+        print(_dump_json({"models": [s.to_dict() for s in sizes]}))
+        return 0
+    headers = ["model", "file", "deflate", "weights", "weights deflate", "palette", "entropy"]
+    if args.vela:
+        headers += ["vela original", "vela encoded", "ratio", "cpu ops"]
+    rows = []
+    for s in sizes:
+        row = [_short(s.model), fb(s.file), fb(s.deflate), fb(s.weights), fb(s.weights_deflate),
+               fb(s.palette), fb(s.entropy)]
+        if s.vela is not None:
+            ratio = s.vela.ratio
+            row += [fb(s.vela.original_weights), fb(s.vela.encoded_weights),
+                    "-" if ratio is None else f"{ratio:.3f}", str(s.vela.cpu_ops)]
+        rows.append(row)
+    print(_table(headers, rows, set(range(1, len(headers)))))
+    if args.tensors:
+        for s in sizes:
+            trows = [[_short(t.name, 40), t.op, "x".join(map(str, t.shape)), t.dtype,
+                      "-" if t.distinct is None else str(t.distinct), fb(t.file), fb(t.deflate),
+                      fb(t.palette), fb(t.entropy)] for t in s.tensors]
+            print(f"\n{s.model}: {len(s.tensors)} weight tensors")
+            print(_table(["tensor", "op", "shape", "dtype", "distinct", "bytes", "deflate", "palette",
+                          "entropy"], trows, {4, 5, 6, 7, 8}))
+    print("\nbytes; deflate = zlib -9; palette = weights packed as ceil(log2 distinct)-bit indices "
+          "+ their distinct values; entropy = the entropy-coding bound"
+          + ("; vela = Vela --optimise Size weight bytes (NPU ops)" if args.vela else ""))
+    return 0
+
+
+# --- budget -------------------------------------------------------------------------------
+
+def _add_budget(sub) -> None:
+    from .size import METRICS
+    p = sub.add_parser("budget", help="CI gate: exit 1 when a model is over its size budget")
+    p.add_argument("models", nargs="*", metavar="MODEL",
+                   help=".tflite files (with --budgets: default every file its globs match)")
+    p.add_argument("--max", metavar="SIZE", help="budget: bytes or e.g. 300KB, 1.5MiB")
+    p.add_argument("--metric", choices=METRICS,
+                   help="what to measure (default file; vela when --vela is given)")
+    p.add_argument("--vela", metavar="CONFIG", help="Vela accelerator config for --metric vela")
+    p.add_argument("--budgets", metavar="FILE", help="JSON or TOML file mapping path globs to "
+                                                      "{max, metric, vela}")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(run=_run_budget)
+
+
+def _budget_line(v) -> str:
+    pct = (100.0 * abs(v.margin) / v.budget) if v.budget else math.inf
+    metric = f"vela {v.vela} encoded weights" if v.metric == "vela" else v.metric
+    where = "within" if v.within else "OVER"
+    tail = f"; {v.cpu_ops} op(s) left on the CPU" if v.cpu_ops else ""
+    return (f"{'ok  ' if v.within else 'FAIL'} {v.model}: {metric} {v.measured:,} B {where} budget "
+            f"{v.budget:,} B (margin {v.margin:+,} B, {pct:.1f} % {'left' if v.within else 'over'}){tail}")
+
+
+def _run_budget(args) -> int:
+    from .budget import Budget, load_budgets, verdict
+    from .size import measure
+    if args.budgets:
+        if args.max is not None:
+            raise UsageError(f"{PROG} budget: --max and --budgets exclude each other")
+        pairs = load_budgets(args.budgets).assign(args.models or None, metric=args.metric,
+                                                  vela=args.vela)
+    else:
+        if not args.models:
+            raise UsageError(f"{PROG} budget: give MODEL(s) and --max, or --budgets FILE")
+        if args.max is None:
+            raise UsageError(f"{PROG} budget: --max SIZE is required without --budgets")
+        metric = args.metric or ("vela" if args.vela else "file")
+        if args.vela and metric != "vela":
+            raise UsageError(f"{PROG} budget: --vela applies to --metric vela only")
+        try:
+            budget = Budget(args.max, metric, args.vela)
+        except ConfigError as exc:
+            raise UsageError(f"{PROG} budget: {exc}") from None
+        pairs = [(m, budget) for m in args.models]
+    cache = {}
+    verdicts = []
+    for m, b in pairs:
+        key = (m, b.vela if b.metric == "vela" else None)
+        if key not in cache:
+            cache[key] = measure(m, vela=key[1])
+        verdicts.append(verdict(cache[key], b))
+    ok = all(v.within for v in verdicts)
+    if args.json:
+        print(_dump_json({"within": ok, "models": [v.to_dict() for v in verdicts]}))
+    else:
+        for v in verdicts:
+            print(_budget_line(v))
+    return 0 if ok else 1
+
+
 # --- entry point --------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,6 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_cluster(sub)
     _add_inspect(sub)
+    _add_size(sub)
+    _add_budget(sub)
     return parser
 
 
