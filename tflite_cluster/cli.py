@@ -17,7 +17,7 @@ from . import __version__
 from .clustering import ClusterReport, cluster
 from .config import ClusterConfig, Granularity, Init, Method, Space, load_config
 from .errors import ClusterError, ConfigError, OutputError
-from .fileio import write_atomic
+from .fileio import read_bytes, write_atomic
 from .inspection import inspect
 
 PROG = "tflite-cluster"
@@ -99,6 +99,13 @@ def _add_cluster(sub) -> None:
     p.add_argument("--strict", action="store_true",
                    help="exit 1 (writing nothing) if a rule matches nothing or a selected tensor is skipped")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("--target", choices=["ethos-u"],
+                   help="preset for a deployment target; ethos-u: Vela pre-pass (int8 codes, one "
+                        "codebook of k <= 32 codes per tensor, zero kept, small tensors left alone); "
+                        "explicit flags and --config override it")
+    p.add_argument("--vela-report", metavar="CONFIG",
+                   help="compile with Vela (e.g. ethos-u55-128) before and after; print the "
+                        "encoded weight bytes side by side")
     p.set_defaults(run=_run_cluster)
 
 
@@ -129,8 +136,62 @@ def format_cluster_report(report: ClusterReport) -> str:
     return "\n".join(lines)
 
 
+def _target_preset(args):
+    """The --target preset, with --config and explicit flags on top of it."""
+    from .targets import preset as make_preset
+    overrides = {}
+    if args.config:
+        load_config(args.config)  # validates the file, with errors that name it
+        overrides = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    flags = dict(granularity=args.granularity, group_size=args.group_size, space=args.space,
+                 method=args.method, init=args.init, seed=args.seed,
+                 preserve_sparsity=args.preserve_sparsity, min_elements=args.min_elements)
+    overrides.update({key: value for key, value in flags.items() if value is not None})
+    k = args.k if args.k is not None else overrides.get("k")
+    overrides.pop("k", None)
+    return make_preset(args.target, args.model, k, overrides)
+
+
+def format_target_preset(p) -> str:
+    rows = [[_short(c.name), c.op, f"{c.elements:,}", f"{100 * c.share:.1f}",
+             f"cluster k={c.k}" if c.action == "cluster" else "leave alone", c.reason]
+            for c in p.choices]
+    table = _table(["tensor", "op", "elements", "% bytes", "choice", "why"], rows, {2, 3})
+    return "\n".join([p.summary(), table])
+
+
+def _vela_compare(before: bytes, after: bytes, config: str, label: str) -> str:
+    from .size import run_vela
+    a = run_vela(before, config)
+    b = run_vela(after, config)
+
+    def ratio(x, y):
+        return f"{y / x:.3f}x" if x else "-"
+
+    rows = [["original weights", f"{a.original_weights:,}", f"{b.original_weights:,}",
+             ratio(a.original_weights, b.original_weights)],
+            ["encoded weights", f"{a.encoded_weights:,}", f"{b.encoded_weights:,}",
+             ratio(a.encoded_weights, b.encoded_weights)],
+            ["ops left on the CPU", str(a.cpu_ops), str(b.cpu_ops), ""]]
+    return (f"Vela {config} (--optimise Size, {a.system_config}), {label}:\n"
+            + _table(["bytes", "before", "after", "after/before"], rows, {1, 2, 3}))
+
+
 def _run_cluster(args) -> int:
-    config = _config_from_args(args)
+    preset = None
+    if args.vela_report:
+        from .size import check_vela_config, vela_command
+        check_vela_config(args.vela_report)
+        vela_command()  # MissingExtraError before any work
+    if args.target:
+        preset = _target_preset(args)
+        config = preset.config
+        if not args.quiet:
+            print(format_target_preset(preset) + "\n")
+            for w in preset.warnings:
+                print(f"warning: {w}", file=sys.stderr)
+    else:
+        config = _config_from_args(args)
     src = Path(args.model)
     dest = src if args.in_place else Path(args.output)
     if not args.in_place and dest.exists() and not args.force:
@@ -145,14 +206,22 @@ def _run_cluster(args) -> int:
         print(f"{PROG}: {src}: --strict: {len(report.problems)} problem(s); nothing written",
               file=sys.stderr)
         return 1
+    vela_text = None
+    if args.vela_report:
+        vela_text = _vela_compare(read_bytes(src), result.data, args.vela_report, str(src))
     if args.in_place:
         result.save(src, overwrite=True, mode=os.stat(src).st_mode)
     else:
         result.save(dest, overwrite=args.force)
     if args.report:
-        write_atomic(args.report, (_dump_json(report.to_dict()) + "\n").encode(), overwrite=args.force)
+        doc = report.to_dict()
+        if preset is not None:
+            doc["target"] = preset.to_dict()
+        write_atomic(args.report, (_dump_json(doc) + "\n").encode(), overwrite=args.force)
     if not args.quiet:
         print(f"wrote {dest} ({report.size:,} bytes)")
+    if vela_text is not None:
+        print("\n" + vela_text)
     return 0
 
 
