@@ -174,6 +174,26 @@ def _cluster_tensor(stored, w: tfl.WeightTensor, s: Settings, config: ClusterCon
     return from_space(snapped, w.dtype, w.quantization, space), note
 
 
+def cluster_weight(data, w: tfl.WeightTensor, settings: Settings,
+                   config: ClusterConfig | None = None) -> np.ndarray:
+    """One weight of ``data`` clustered with resolved ``settings``, as :func:`cluster` would do it.
+
+    Returns the new stored array (the weight's dtype and shape; flat for sparse weights), the
+    exact bytes ``cluster`` writes for this weight under a config resolving to ``settings``
+    (``config`` gives the global seed and group size). For callers that try many settings on
+    one weight without re-running the pipeline (the automatic search). Raises
+    :class:`UnsupportedModelError` when ``cluster`` would skip the weight, naming the reason.
+    """
+    config = config or ClusterConfig()
+    reason = skip_reason(w, settings, [])
+    if reason is not None:
+        raise UnsupportedModelError(w.name, reason)
+    stored = tfl.read_array(data, w)
+    if w.dtype in ("float32", "float16") and not np.all(np.isfinite(stored)):
+        raise InvalidModelError(w.name, "has NaN or Inf weights; cannot cluster it")
+    return _cluster_tensor(stored, w, settings, config)[0]
+
+
 def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | None = None) -> ClusterResult:
     """Cluster the weights of ``model`` (a path or the model's bytes) under ``config``."""
     start = time.perf_counter()

@@ -64,6 +64,7 @@ from typing import Any, Mapping, Sequence, Union
 
 import numpy as np
 
+from . import model as tfl
 from .errors import InputFileError, InvalidModelError, MissingExtraError, UnsupportedModelError
 
 __all__ = [
@@ -84,9 +85,6 @@ InputsLike = Union[Mapping[str, Any], Sequence[Any], np.ndarray, str, "os.PathLi
 
 #: Integers drawn for integer inputs wider than 8 bits that carry no scale: [0, SMALL_INT_HIGH).
 SMALL_INT_HIGH = 16
-
-# BuiltinOperator codes of the resource-variable ops (schema.fbs).
-_VARIABLE_OPCODES = frozenset({142, 143, 144})  # VAR_HANDLE, READ_VARIABLE, ASSIGN_VARIABLE
 
 
 # --------------------------------------------------------------------------------------------
@@ -116,23 +114,7 @@ def _read_model(model: ModelLike, default_name: str) -> tuple[bytes, str]:
 
 def _is_stateful(data: bytes, name: str) -> bool:
     """True when the model keeps state between invocations (resource or variable tensors)."""
-    import tflite  # a core dependency; read-only FlatBuffer accessors
-
-    try:
-        model = tflite.Model.GetRootAs(data, 0)
-        for i in range(model.OperatorCodesLength()):
-            code = model.OperatorCodes(i)
-            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
-            if builtin in _VARIABLE_OPCODES:
-                return True
-        for s in range(model.SubgraphsLength()):
-            subgraph = model.Subgraphs(s)
-            for t in range(subgraph.TensorsLength()):
-                if subgraph.Tensors(t).IsVariable():
-                    return True
-    except Exception as exc:  # noqa: BLE001 - any parse failure means a broken file
-        raise InvalidModelError(name, f"cannot read the model's operators: {exc}") from exc
-    return False
+    return tfl.is_stateful(data, name)
 
 
 @dataclass(frozen=True)

@@ -518,3 +518,29 @@ def operators(data, label: str = "<bytes>") -> tuple[OpRecord, ...]:
             RecursionError) as exc:
         raise InvalidModelError(
             label, f"corrupt FlatBuffer while reading {step.where} ({type(exc).__name__})") from None
+
+
+#: ops that keep state between invocations in resource variables.
+STATE_OPS = frozenset({"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"})
+
+
+def is_stateful(data, label: str = "<bytes>") -> bool:
+    """True when the model keeps state between invocations: resource-variable ops
+    (VAR_HANDLE / READ_VARIABLE / ASSIGN_VARIABLE) or variable tensors.
+
+    Raises :class:`InvalidModelError` on bad bytes.
+    """
+    if any(op.op_type in STATE_OPS for op in operators(data, label)):
+        return True
+    try:
+        model = tflite.Model.GetRootAs(data, 0)
+        for s in range(model.SubgraphsLength()):
+            sg = model.Subgraphs(s)
+            for t in range(sg.TensorsLength()):
+                if sg.Tensors(t).IsVariable():
+                    return True
+    except (IndexError, struct.error, ValueError, TypeError, OverflowError, AttributeError,
+            RecursionError) as exc:
+        raise InvalidModelError(label, f"corrupt FlatBuffer while reading tensors "
+                                       f"({type(exc).__name__})") from None
+    return False
