@@ -106,6 +106,22 @@ def _add_cluster(sub) -> None:
     p.add_argument("--vela-report", metavar="CONFIG",
                    help="compile with Vela (e.g. ethos-u55-128) before and after; print the "
                         "encoded weight bytes side by side")
+    auto = p.add_argument_group("automatic mode (--auto)")
+    auto.add_argument("--auto", action="store_true",
+                      help="choose k (or none) per tensor: the smallest model whose outputs keep "
+                           "--min-sqnr against the original on the calibration inputs (LiteRT)")
+    auto.add_argument("--min-sqnr", type=float, metavar="DB", help="target output SQNR (default 30)")
+    auto.add_argument("--inputs", metavar="FILE.npz",
+                      help="calibration inputs (one array per model input, samples first); "
+                           "default: seeded random samples (real data is better)")
+    auto.add_argument("--metric", choices=["deflate", "palette", "vela"],
+                      help="size to minimise (default deflate; vela with --target ethos-u)")
+    auto.add_argument("--samples", type=int, metavar="N",
+                      help="random calibration samples without --inputs (default 32)")
+    auto.add_argument("--ladder", metavar="K,K,...",
+                      help="k values to choose from (default 4,8,16,32,64,256; <= 32 for ethos-u)")
+    auto.add_argument("--save-plan", metavar="FILE.json",
+                      help="write the plan as a config file that cluster --config replays exactly")
     p.set_defaults(run=_run_cluster)
 
 
@@ -178,6 +194,14 @@ def _vela_compare(before: bytes, after: bytes, config: str, label: str) -> str:
 
 
 def _run_cluster(args) -> int:
+    if args.auto:
+        return _run_auto(args)
+    only_auto = [flag for flag, value in (("--min-sqnr", args.min_sqnr), ("--inputs", args.inputs),
+                                          ("--metric", args.metric), ("--samples", args.samples),
+                                          ("--ladder", args.ladder), ("--save-plan", args.save_plan))
+                 if value is not None]
+    if only_auto:
+        raise UsageError(f"{PROG} cluster: {', '.join(only_auto)} need(s) --auto")
     preset = None
     if args.vela_report:
         from .size import check_vela_config, vela_command
@@ -223,6 +247,149 @@ def _run_cluster(args) -> int:
     if vela_text is not None:
         print("\n" + vela_text)
     return 0
+
+
+def _parse_ladder(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(x) for x in text.replace(" ", "").split(",") if x)
+    except ValueError:
+        raise UsageError(f"{PROG} cluster: --ladder {text!r}: expected k values like 4,8,16") from None
+    if not ks:
+        raise UsageError(f"{PROG} cluster: --ladder {text!r}: expected k values like 4,8,16")
+    return ks
+
+
+def _check_output_free(path, force: bool) -> None:
+    if path and Path(path).exists() and not force:
+        raise OutputError(path, "already exists (use --force to overwrite)")
+
+
+def _run_auto(args) -> int:
+    from .auto import AutoConfig, auto_plan, format_auto
+    if args.k is not None:
+        raise UsageError(f"{PROG} cluster: --auto chooses k per tensor itself; give the choices "
+                         f"with --ladder instead of -k")
+    base = load_config(args.config) if args.config else ClusterConfig()
+    if base.names or base.op_types:
+        raise UsageError(f"{PROG} cluster: --auto decides every tensor itself; {args.config} has "
+                         f"names/op_types rules, which it would ignore (keep only global settings)")
+    base = base.with_overrides(group_size=args.group_size, space=args.space, method=args.method,
+                               init=args.init, seed=args.seed,
+                               preserve_sparsity=args.preserve_sparsity,
+                               min_elements=args.min_elements)
+    if args.samples is not None and args.inputs:
+        raise UsageError(f"{PROG} cluster: --samples applies to random inputs; --inputs gives them all")
+    if args.samples is not None and args.samples < 1:
+        raise UsageError(f"{PROG} cluster: --samples must be at least 1")
+    if args.min_sqnr is not None and not math.isfinite(args.min_sqnr):
+        raise UsageError(f"{PROG} cluster: --min-sqnr must be a finite number of dB")
+    kwargs = dict(target=args.target, metric=args.metric, base=base)
+    if args.min_sqnr is not None:
+        kwargs["min_sqnr_db"] = args.min_sqnr
+    if args.samples is not None:
+        kwargs["samples"] = args.samples
+    if args.seed is not None:
+        kwargs["seed"] = args.seed
+    if args.ladder is not None:
+        kwargs["ladder"] = _parse_ladder(args.ladder)
+    if args.granularity is not None:
+        kwargs["granularities"] = (args.granularity,)
+    if args.vela_report:
+        kwargs["vela_config"] = args.vela_report
+    auto_config = AutoConfig(**kwargs)
+    if auto_config.metric == "vela" or args.vela_report:
+        from .size import vela_command
+        vela_command()  # MissingExtraError before any work
+    src = Path(args.model)
+    dest = src if args.in_place else Path(args.output)
+    if not args.in_place:
+        _check_output_free(dest, args.force)
+    _check_output_free(args.report, args.force)
+    _check_output_free(args.save_plan, args.force)
+    found = auto_plan(src, auto_config, inputs=args.inputs, progress=_ProgressBar(not args.quiet))
+    for w in found.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    if not args.quiet:
+        print(format_auto(found))
+    report = found.result.report
+    if args.strict and report.problems:
+        print(f"{PROG}: {src}: --strict: {len(report.problems)} problem(s); nothing written",
+              file=sys.stderr)
+        return 1
+    vela_text = None
+    if args.vela_report:
+        vela_text = _vela_compare(read_bytes(src), found.data, args.vela_report, str(src))
+    if args.in_place:
+        found.save(src, overwrite=True, mode=os.stat(src).st_mode)
+    else:
+        found.save(dest, overwrite=args.force)
+    if args.save_plan:
+        write_atomic(args.save_plan, (_dump_json(found.plan_dict()) + "\n").encode(),
+                     overwrite=args.force)
+    if args.report:
+        write_atomic(args.report, (_dump_json(found.to_dict()) + "\n").encode(),
+                     overwrite=args.force)
+    if not args.quiet:
+        print(f"wrote {dest} ({report.size:,} bytes)"
+              + (f"; plan {args.save_plan}" if args.save_plan else ""))
+    if vela_text is not None:
+        print("\n" + vela_text)
+    return 0
+
+
+# --- compare ------------------------------------------------------------------------------
+
+def _add_compare(sub) -> None:
+    p = sub.add_parser("compare", help="run two models with LiteRT on the same inputs and "
+                                       "compare their outputs (SQNR, differences, top-1)")
+    p.add_argument("model_a", metavar="A", help="reference .tflite file")
+    p.add_argument("model_b", metavar="B", help=".tflite file compared against A")
+    p.add_argument("--inputs", metavar="FILE.npz",
+                   help="one array per model input, keyed by input name or arr_0, arr_1, ... in "
+                        "input order; first axis = samples (default: seeded random samples)")
+    p.add_argument("--samples", type=int, metavar="N", help="random samples (default 32)")
+    p.add_argument("--seed", type=int, metavar="S", help="seed of the random samples (default 0)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--min-sqnr", type=float, metavar="DB",
+                   help="exit 1 when the minimum SQNR over the outputs is below DB")
+    p.set_defaults(run=_run_compare)
+
+
+def _run_compare(args) -> int:
+    from .compare import compare, format_compare
+    if args.inputs and (args.samples is not None or args.seed is not None):
+        raise UsageError(f"{PROG} compare: --samples and --seed apply to random inputs, "
+                         f"not to --inputs")
+    samples = 32 if args.samples is None else args.samples
+    seed = 0 if args.seed is None else args.seed
+    if samples < 1:
+        raise UsageError(f"{PROG} compare: --samples must be at least 1")
+    if seed < 0:
+        raise UsageError(f"{PROG} compare: --seed must be 0 or more")
+    if args.min_sqnr is not None and math.isnan(args.min_sqnr):
+        raise UsageError(f"{PROG} compare: --min-sqnr must be a number of dB")
+    report = compare(args.model_a, args.model_b, inputs=args.inputs, samples=samples, seed=seed)
+    worst = report.min_sqnr_db
+    ok = args.min_sqnr is None or (not math.isnan(worst) and worst >= args.min_sqnr)
+    if args.json:
+        doc = report.to_dict()
+        if args.min_sqnr is not None:
+            doc["gate"] = {"min_sqnr_db": args.min_sqnr, "passed": ok}
+        print(_dump_json(doc))
+    else:
+        print(format_compare(report))
+        if args.min_sqnr is not None:
+            print(f"{'ok' if ok else 'FAIL'}: min SQNR {_sqnr_db_text(worst)} dB "
+                  f"{'>=' if ok else '<'} {args.min_sqnr:g} dB")
+    return 0 if ok else 1
+
+
+def _sqnr_db_text(x: float) -> str:
+    if math.isnan(x):
+        return "nan"
+    if math.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.2f}"
 
 
 # --- inspect ------------------------------------------------------------------------------
@@ -384,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(sub)
     _add_size(sub)
     _add_budget(sub)
+    _add_compare(sub)
     return parser
 
 
