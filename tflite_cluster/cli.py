@@ -178,8 +178,8 @@ def format_target_preset(p) -> str:
 
 def _vela_compare(before: bytes, after: bytes, config: str, label: str) -> str:
     from .size import run_vela
-    a = run_vela(before, config)
-    b = run_vela(after, config)
+    a = run_vela(before, config, label=label)
+    b = run_vela(after, config, label=f"{label} (clustered)")
 
     def ratio(x, y):
         return f"{y / x:.3f}x" if x else "-"

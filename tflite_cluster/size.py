@@ -215,15 +215,17 @@ def _vela_reason(output: str) -> str:
     return lines[-1][:300] if lines else "no output"
 
 
-def run_vela(model, config: str, *, timeout: float = VELA_TIMEOUT) -> VelaSize:
+def run_vela(model, config: str, *, timeout: float = VELA_TIMEOUT, label: str | None = None) -> VelaSize:
     """Compile ``model`` (path or bytes) with ``vela --accelerator-config CONFIG --optimise Size``
-    into a temporary folder and read its summary CSV and output model."""
+    into a temporary folder and read its summary CSV and output model. ``label`` names the model
+    in errors (default: its path, or ``<bytes>``)."""
     check_vela_config(config)
     command = vela_command()
     if isinstance(model, (bytes, bytearray, memoryview)):
-        data, label, stem = bytes(model), "<bytes>", "model"
+        data, stem = bytes(model), Path(label).stem if label else "model"
+        label = label or "<bytes>"
     else:
-        data, label, stem = read_bytes(model), str(model), Path(model).stem
+        data, label, stem = read_bytes(model), label or str(model), Path(model).stem
     stem = re.sub(r"[^A-Za-z0-9_.-]", "_", stem) or "model"
     with tempfile.TemporaryDirectory(prefix="tflite-cluster-vela-") as tmp:
         src = Path(tmp) / f"{stem}.tflite"
