@@ -77,6 +77,7 @@ DEFAULT_LADDER = (4, 8, 16, 32, 64, 256)
 AUTO_METRICS = ("deflate", "palette", "vela")
 TARGETS = ("ethos-u",)
 ETHOS_U_MAX_K = 32  # Vela's weight palette holds at most 32 values
+_HUGE = 1e30  # noise ratio standing for broken outputs in the allocation
 DEFAULT_VELA_CONFIG = "ethos-u55-128"
 
 
@@ -488,8 +489,9 @@ def _allocate(costs: list[np.ndarray], noise: list[np.ndarray], budget: float) -
     """Pick one option per unit: minimal total cost with sum of noise <= budget per output.
 
     Greedy: start from each unit's cheapest option; while an output is over budget, take the
-    upgrade with the largest reduction of over-budget noise per added byte; then downgrade
-    wherever the budget allows, largest saving first.
+    change with the largest reduction of the excess (noise over budget, summed over outputs)
+    per added byte (the excess falls at every step, so it ends); then downgrade wherever the
+    budget allows, largest saving first.
     """
     n_units = len(costs)
     choice = []
@@ -497,28 +499,29 @@ def _allocate(costs: list[np.ndarray], noise: list[np.ndarray], budget: float) -
         order = np.lexsort((e.sum(axis=1), c))
         choice.append(int(order[0]))
     total = sum(e[i] for e, i in zip(noise, choice)) if n_units else np.zeros(0)
+
+    def excess(t: np.ndarray) -> np.ndarray:
+        """How far over budget, summed over outputs (last axis), in budgets."""
+        return np.maximum(t - budget, 0.0).sum(axis=-1) / budget
+
     guard = 0
     while n_units and np.any(total > budget):
         guard += 1
-        if guard > 100000:  # pragma: no cover - each step raises a unit's cost
+        if guard > 100000:  # pragma: no cover - the excess falls at every step
             break
-        over = total > budget
+        current = float(excess(total))
         best, best_ratio = None, 0.0
         for u in range(n_units):
             c, e, i = costs[u], noise[u], choice[u]
-            dcost = c - c[i]
-            with np.errstate(all="ignore"):
-                gain = np.where(over, e[i] - e, 0.0).sum(axis=1) / budget
-            ok = gain > 0
-            if not np.any(ok):
+            gain = current - excess(total - e[i] + e)
+            if not np.any(gain > 0):
                 continue
-            with np.errstate(all="ignore"):
-                ratio = np.where(ok, gain / np.maximum(dcost, 1e-9), -np.inf)
+            ratio = np.where(gain > 0, gain / np.maximum(c - c[i], 1e-9), -np.inf)
             j = int(np.argmax(ratio))
             if ratio[j] > best_ratio:
                 best, best_ratio = (u, j), float(ratio[j])
         if best is None:
-            break  # cannot reduce further: every option left is at least as noisy
+            break  # pragma: no cover - an option without noise always lowers the excess
         u, j = best
         total = total - noise[u][choice[u]] + noise[u][j]
         choice[u] = j
@@ -707,7 +710,8 @@ def auto_plan(model, config: AutoConfig | None = None, *, inputs=None,
             for i in range(len(u.options)):
                 p = _predict(u, i, n_out)
                 rows.append(np.full(n_out, np.inf) if p is None else p)
-            out.append(np.nan_to_num(np.array(rows), nan=np.inf, posinf=np.inf))
+            # Broken outputs count as a huge finite noise, so sums stay ordered.
+            out.append(np.minimum(np.nan_to_num(np.array(rows), nan=_HUGE, posinf=_HUGE), _HUGE))
         return out
 
     def allocate(scale: float) -> list[int]:
