@@ -10,7 +10,7 @@ import pytest
 import model_builder as mb
 import tflite_cluster as tc
 from tflite_cluster import model as tfl
-from tflite_cluster.quant import INTEGER_DTYPES, make_rows
+from tflite_cluster.quant import INTEGER_DTYPES, distinct_values, make_rows
 
 compare = pytest.importorskip("tflite_cluster.compare")
 pytest.importorskip("ai_edge_litert")
@@ -37,7 +37,7 @@ def max_distinct_per_row(data: bytes, t: tc.TensorReport, group_size=None) -> in
     stored = tfl.read_array(data, w)
     rows = make_rows(stored.shape, tc.Granularity(t.granularity), w.channel_axis() if not w.sparse else None,
                      group_size)
-    return max(len(np.unique(r)) for block in rows.split(stored) for r in block)
+    return max(len(distinct_values(r)) for block in rows.split(stored) for r in block)
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +64,8 @@ def test_every_kind_clusters_and_runs(models, name):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "int8", "dynamic_int8"])
-@pytest.mark.parametrize("granularity,k", [("tensor", 4), ("channel", 16), ("group", 6)])
-def test_granularity_bounds_distinct_values(dtype, granularity, k):
+@pytest.mark.parametrize("granularity,k,min_db", [("tensor", 4, 2), ("channel", 16, 15), ("group", 6, 6)])
+def test_granularity_bounds_distinct_values(dtype, granularity, k, min_db):
     data = mb.conv_model(dtype)
     cfg = tc.ClusterConfig(k=k, granularity=granularity, group_size=3, min_elements=0)
     result = tc.cluster(data, cfg)
@@ -74,7 +74,7 @@ def test_granularity_bounds_distinct_values(dtype, granularity, k):
         assert max_distinct_per_row(result.data, t, group_size=3) <= k
         if granularity == "tensor":
             assert t.unique_after <= k
-    assert compare.compare(data, result.data, samples=4).min_sqnr_db > 5
+    assert compare.compare(data, result.data, samples=4).min_sqnr_db > min_db
 
 
 def test_int8_space_keeps_codes_integer_and_in_range():
@@ -100,7 +100,7 @@ def test_float16_values_rounded_to_storage():
     result = tc.cluster(data, tc.ClusterConfig(k=4, granularity="tensor", min_elements=0))
     for w in tfl.parse(result.data).weights:
         if w.dtype == "float16" and w.elements >= 1024:
-            assert len(np.unique(tfl.read_array(result.data, w))) <= 4
+            assert len(distinct_values(tfl.read_array(result.data, w))) <= 4
 
 
 def test_exact_per_tensor_optimum_matches_kernel_brute_force():
@@ -239,7 +239,7 @@ def test_inspect_json_keys_and_values():
     for t, w in zip(d["tensors"], tfl.parse(data).weights):
         assert keys <= set(t)
         stored = tfl.read_array(data, w)
-        assert t["unique"] == len(np.unique(stored))
+        assert t["unique"] == len(distinct_values(stored))
         assert t["zeros"] == pytest.approx(float(np.mean(stored == 0)))
         assert t["clusterable"] == (t["reason"] is None)
 

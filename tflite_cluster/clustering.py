@@ -20,7 +20,7 @@ from . import kmeans, model as tfl
 from .config import ClusterConfig, Granularity, Method, Settings, Space
 from .errors import ConfigError, InvalidModelError, UnsupportedModelError
 from .fileio import read_bytes, write_atomic
-from .quant import effective_space, from_space, make_rows, real_values, to_space
+from .quant import distinct_values, effective_space, from_space, make_rows, real_values, to_space
 
 Progress = Callable[[int, int, str], None]
 
@@ -113,7 +113,7 @@ def load(model) -> tuple[bytes, str]:
 
 
 def _unique_count(values: np.ndarray) -> int:
-    return int(np.unique(values).size) if values.size else 0
+    return int(distinct_values(values).size)
 
 
 def skip_reason(w: tfl.WeightTensor, s: Settings, applied: list[str]) -> str | None:

@@ -19,6 +19,15 @@ from .config import Granularity, Space
 INTEGER_DTYPES = {"int8": (-128, 127), "uint8": (0, 255)}
 
 
+def distinct_values(values: np.ndarray) -> np.ndarray:
+    """Sorted distinct values. float16 is compared as float32 (exact): numpy 2.4's np.unique
+    returns duplicates for some large float16 arrays."""
+    values = np.asarray(values)
+    if values.dtype == np.float16:
+        values = values.astype(np.float32)
+    return np.unique(values)
+
+
 def effective_space(space: Space, dtype: str) -> Space:
     """``auto`` means int8 for integer weights, float otherwise."""
     if space == Space.AUTO:
