@@ -298,10 +298,32 @@ def test_target_preset_choices(conv_int8):
         ethos_u_preset(conv_int8, 16, {"names": [{"regex": ".*", "k": 64}]})
 
 
-def test_target_preset_warns_about_float_activations():
+def test_target_preset_warns_about_float_activations(capsys, tmp_path):
     from tflite_cluster.targets import ethos_u_preset
-    p = ethos_u_preset(mb.conv_model("dynamic_int8"))
+    data = mb.conv_model("dynamic_int8")
+    p = ethos_u_preset(data)
     assert any("float activations" in w for w in p.warnings)
+    (tmp_path / "dyn.tflite").write_bytes(data)
+    code, out, err = run(capsys, "cluster", tmp_path / "dyn.tflite", "-o", tmp_path / "o.tflite",
+                         "--target", "ethos-u", "--report", tmp_path / "r.json")
+    assert code == 0 and "warning: the model has float activations" in err
+    doc = json.loads((tmp_path / "r.json").read_text())
+    assert doc["target"]["target"] == "ethos-u" and doc["target"]["warnings"] == list(p.warnings)
+    assert {c["name"] for c in doc["target"]["choices"]} == {c.name for c in p.choices}
+
+
+def test_target_preset_warns_about_weight_zero_points():
+    from tflite_cluster.targets import ethos_u_preset
+    builder, sg = mb.new_model()
+    q = mb.Quantization([0.1], [0])
+    x = sg.add_tensor("input", (1, 8), "int8", quantization=q)
+    codes = np.random.default_rng(0).integers(-100, 100, (4, 8)).astype(np.int8)
+    w = sg.add_constant("w", codes, quantization=mb.Quantization([0.02], [3]))
+    bias = sg.add_constant("b", np.zeros(4, np.int32), quantization=mb.Quantization([0.002], [0]))
+    y = sg.add_tensor("output", (1, 4), "int8", quantization=q)
+    sg.add_operator("FULLY_CONNECTED", [x, w, bias], [y], {"fused_activation_function": "NONE"})
+    p = ethos_u_preset(mb._finish(builder, sg, {"input": x}, {"output": y}))
+    assert any("zero points" in msg and "'w'" in msg for msg in p.warnings)
 
 
 def test_cluster_target_k_above_32_is_an_error(capsys, tmp_path, model_file):
