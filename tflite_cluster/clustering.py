@@ -19,7 +19,7 @@ import numpy as np
 from . import kmeans, model as tfl
 from .config import ClusterConfig, Granularity, Method, Settings, Space
 from .errors import ConfigError, InvalidModelError, UnsupportedModelError
-from .fileio import read_bytes, write_atomic
+from .fileio import Patches, map_file, release_pages, write_atomic
 from .quant import distinct_values, effective_space, from_space, make_rows, real_values, to_space
 
 Progress = Callable[[int, int, str], None]
@@ -93,23 +93,54 @@ class ClusterReport:
         }
 
 
-@dataclass(frozen=True)
 class ClusterResult:
-    data: bytes
-    report: ClusterReport
+    """The clustered model: the input plus patches, and the report.
+
+    ``data`` builds the new model's bytes on first use; ``save`` streams the input into the
+    output file and writes the patches over it, so a multi-GB model is never held in memory.
+    """
+
+    def __init__(self, source, label: str, patches: Patches, report: ClusterReport) -> None:
+        self._source = source  # bytes, or the input's Path
+        self._label = label
+        self._patches = patches
+        self.report = report
+        self._data: bytes | None = None
+
+    def _verify(self, data) -> None:
+        tfl.parse(data, f"{self._label} (clustered)")
+
+    @property
+    def data(self) -> bytes:
+        if self._data is None:
+            src = self._source.read_bytes() if isinstance(self._source, Path) else self._source
+            out = self._patches.apply(src) if len(self._patches) else src
+            self._verify(out)
+            self._data = out
+        return self._data
 
     def save(self, path: str | Path, *, overwrite: bool = False, mode: int | None = None) -> None:
-        """Write the model atomically (temp file in the target folder, fsync, rename)."""
-        write_atomic(path, self.data, overwrite=overwrite, mode=mode)
+        """Write the model atomically (temp file in the target folder, fsync, re-parse, rename)."""
+        if self._data is not None or not isinstance(self._source, Path):
+            write_atomic(path, self.data, overwrite=overwrite, mode=mode)
+        else:
+            write_atomic(path, source=self._source, patches=self._patches, overwrite=overwrite,
+                         mode=mode, verify=self._verify)
 
 
-def load(model) -> tuple[bytes, str]:
-    """Model bytes and a label for messages, from a path or bytes."""
+def open_model(model) -> tuple[object, str]:
+    """Model bytes (memory-mapped read-only for a path) and a label for messages."""
     if isinstance(model, (bytes, bytearray, memoryview)):
         return bytes(model), "<bytes>"
     if isinstance(model, (str, Path)):
-        return read_bytes(model), str(model)
+        return map_file(model), str(model)
     raise TypeError(f"model must be a path or bytes, not {type(model).__name__}")
+
+
+def load(model) -> tuple[bytes, str]:
+    """Model bytes (read into memory) and a label for messages."""
+    data, label = open_model(model)
+    return bytes(data), label
 
 
 def _unique_count(values: np.ndarray) -> int:
@@ -198,11 +229,11 @@ def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | 
     """Cluster the weights of ``model`` (a path or the model's bytes) under ``config``."""
     start = time.perf_counter()
     config = config or ClusterConfig()
-    data, label = load(model)
+    data, label = open_model(model)
     info = tfl.parse(data, label)
     resolved, unmatched = resolve_all(info, config)
 
-    changes: dict[int, bytes] = {}
+    patches = Patches()
     reports = []
     for i, (w, s, applied) in enumerate(resolved):
         if progress:
@@ -231,7 +262,7 @@ def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | 
             continue
         new_bytes = new.tobytes()
         if new_bytes != stored.tobytes():
-            changes[w.data_offset] = new_bytes
+            patches.add(w.data_offset, new_bytes)
         ref = real_values(stored, w.dtype, w.quantization)
         err = real_values(new, w.dtype, w.quantization) - ref
         sse = float(np.sum(err * err))
@@ -242,15 +273,13 @@ def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | 
             space=effective_space(s.space, w.dtype).value, method=s.method.value,
             unique_after=_unique_count(new), mse=sse / max(w.elements, 1), sqnr_db=sqnr,
             skipped=None, note=note, **common))
+        del stored, new, new_bytes, ref, err
+        release_pages(data, w.data_offset, w.nbytes)
     if progress:
         progress(len(resolved), len(resolved), "")
 
-    out = bytes(tfl.patch(data, changes)) if changes else data
-    check = tfl.parse(out, f"{label} (clustered)")
-    if [(w.buffer, w.data_offset, w.nbytes) for w in check.weights] != \
-            [(w.buffer, w.data_offset, w.nbytes) for w in info.weights]:  # pragma: no cover
-        raise InvalidModelError(label, "internal error: the clustered model does not re-parse the same")
     report = ClusterReport(model=label, config=config.to_dict(), tensors=tuple(reports),
-                           unmatched_rules=unmatched, size=len(out),
+                           unmatched_rules=unmatched, size=info.size,
                            seconds=time.perf_counter() - start)
-    return ClusterResult(out, report)
+    source = Path(model) if isinstance(model, (str, Path)) else data
+    return ClusterResult(source, label, patches, report)

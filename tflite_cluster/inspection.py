@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from . import model as tfl
-from .clustering import skip_reason, load, resolve_all
+from .clustering import open_model, resolve_all, skip_reason
 from .config import ClusterConfig
 from .quant import distinct_values
 
@@ -62,7 +62,7 @@ def inspect(model, config: ClusterConfig | None = None) -> Inspection:
     """Every candidate weight tensor of ``model`` (path or bytes) and whether ``config``
     (default settings when None) would cluster it, and why not."""
     config = config or ClusterConfig()
-    data, label = load(model)
+    data, label = open_model(model)
     info = tfl.parse(data, label)
     resolved, _ = resolve_all(info, config)
     out = []
