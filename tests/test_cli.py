@@ -298,3 +298,47 @@ def test_fuzz_mutated_models_never_crash(tmp_path_factory, base, data):
         assert code == 2 and len(msg.strip().splitlines()) == 1
         assert not out.exists()
     assert sorted(x.name for x in folder.iterdir()) in (["f.tflite"], ["f.tflite", "o.tflite"])
+
+
+# --- several models ------------------------------------------------------------------------
+
+def test_batch_folder_with_jobs_and_one_bad_model(tmp_path, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "a.tflite").write_bytes(mb.conv_model("int8"))
+    (src / "b.tflite").write_bytes(mb.mlp_model("float32"))
+    (src / "c.tflite").write_bytes(b"broken")
+    out = tmp_path / "out"
+    rep = tmp_path / "r.json"
+    code, stdout, err = run(["cluster", src, "-o", out, "--jobs", "2", "--report", rep, "-k", "8"], capsys)
+    assert code == 2
+    assert files_in(out) == ["a.tflite", "b.tflite"]
+    assert "c.tflite" in err and len(err.strip().splitlines()) == 1
+    assert "2 of 3 models written, 1 failed" in stdout
+    # each output equals what the single-model API gives
+    import tflite_cluster as tc
+    for name in ("a.tflite", "b.tflite"):
+        assert (out / name).read_bytes() == tc.cluster(src / name, tc.ClusterConfig(k=8)).data
+    doc = json.loads(rep.read_text())
+    assert [m["exit"] for m in doc["models"]] == [0, 0, 2]
+
+
+def test_batch_in_place_several_files(tmp_path, capsys):
+    a, b = tmp_path / "a.tflite", tmp_path / "b.tflite"
+    a.write_bytes(mb.conv_model("float16"))
+    b.write_bytes(mb.conv_model("float32"))
+    before = a.read_bytes(), b.read_bytes()
+    code, _, err = run(["cluster", a, b, "--in-place", "-j", "1", "-q"], capsys)
+    assert code == 0, err
+    assert (a.read_bytes(), b.read_bytes()) != before
+    assert files_in(tmp_path) == ["a.tflite", "b.tflite"]
+
+
+def test_batch_needs_folder_output(tmp_path, capsys):
+    a, b = tmp_path / "a.tflite", tmp_path / "b.tflite"
+    a.write_bytes(mb.conv_model("int8"))
+    b.write_bytes(mb.conv_model("int8"))
+    f = tmp_path / "file.tflite"
+    f.write_bytes(b"x")
+    code, _, err = run(["cluster", a, b, "-o", f], capsys)
+    assert_one_line_error(code, err, "not a folder")

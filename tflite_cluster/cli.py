@@ -16,7 +16,7 @@ from pathlib import Path
 from . import __version__
 from .clustering import ClusterReport, cluster
 from .config import ClusterConfig, Granularity, Init, Method, Space, load_config
-from .errors import ClusterError, ConfigError, OutputError
+from .errors import ClusterError, ConfigError, InputFileError, OutputError
 from .fileio import read_bytes, write_atomic
 from .inspection import inspect
 
@@ -79,9 +79,10 @@ class _ProgressBar:
 
 def _add_cluster(sub) -> None:
     p = sub.add_parser("cluster", help="cluster the weights of a .tflite model")
-    p.add_argument("model", help="input .tflite file")
+    p.add_argument("model", nargs="+",
+                   help="input .tflite file(s), or folder(s) of them (then -o names a folder)")
     out = p.add_mutually_exclusive_group(required=True)
-    out.add_argument("-o", "--output", help="output .tflite file")
+    out.add_argument("-o", "--output", help="output .tflite file (a folder for several inputs)")
     out.add_argument("--in-place", action="store_true", help="replace the input (atomically)")
     p.add_argument("-k", "--clusters", type=int, dest="k", help="distinct values per tensor/channel/group (default 16)")
     p.add_argument("--granularity", choices=[g.value for g in Granularity], help="default: channel")
@@ -99,6 +100,8 @@ def _add_cluster(sub) -> None:
     p.add_argument("--strict", action="store_true",
                    help="exit 1 (writing nothing) if a rule matches nothing or a selected tensor is skipped")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    p.add_argument("-j", "--jobs", type=int,
+                   help="processes for several models (default: the number of cores)")
     p.add_argument("--target", choices=["ethos-u"],
                    help="preset for a deployment target; ethos-u: Vela pre-pass (int8 codes, one "
                         "codebook of k <= 32 codes per tensor, zero kept, small tensors left alone); "
@@ -193,7 +196,101 @@ def _vela_compare(before: bytes, after: bytes, config: str, label: str) -> str:
             + _table(["bytes", "before", "after", "after/before"], rows, {1, 2, 3}))
 
 
+def _batch_inputs(names: list[str]) -> list[Path]:
+    """The models named on the command line, folders expanded to their *.tflite files."""
+    models = []
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            found = sorted(p for p in path.glob("*.tflite") if p.is_file())
+            if not found:
+                raise InputFileError(path, "folder holds no .tflite files")
+            models += found
+        else:
+            models.append(path)
+    if len({p.resolve() for p in models}) != len(models):
+        raise UsageError(f"{PROG} cluster: a model is named twice")
+    return models
+
+
+def _cluster_one(src: Path, dest: Path, config: dict, in_place: bool, force: bool,
+                 strict: bool) -> dict:
+    """Cluster and write one model of a batch (runs in a worker process). Never raises."""
+    try:
+        result = cluster(src, ClusterConfig.from_dict(config))
+        report = result.report
+        if strict and report.problems:
+            return {"model": str(src), "code": 1, "report": report.to_dict(),
+                    "message": f"{src}: --strict: {'; '.join(report.problems)}; nothing written"}
+        mode = os.stat(src).st_mode if in_place else None
+        result.save(dest, overwrite=in_place or force, mode=mode)
+        done = report.clustered
+        finite = [t.sqnr_db for t in done if t.sqnr_db is not None]
+        return {"model": str(src), "code": 0, "report": report.to_dict(),
+                "message": f"-> {dest}: clustered {len(done)} of {len(report.tensors)} weight tensors, "
+                           f"min SQNR {_sqnr(min(finite)) if finite else 'exact'} dB, "
+                           f"{report.seconds:.2f} s"}
+    except ClusterError as exc:
+        return {"model": str(src), "code": 2, "report": None, "message": str(exc)}
+    except Exception as exc:  # a bug in one model must not stop the others
+        return {"model": str(src), "code": 2, "report": None,
+                "message": f"{src}: internal error: {type(exc).__name__}: {exc}"}
+
+
+def _run_batch(args) -> int:
+    """Several models: each clustered and written atomically, spread over processes; a failure
+    in one is reported without stopping the others."""
+    for flag, value in (("--auto", args.auto), ("--target", args.target),
+                        ("--vela-report", args.vela_report)):
+        if value:
+            raise UsageError(f"{PROG} cluster: {flag} takes one model at a time")
+    models = _batch_inputs(args.model)
+    config = _config_from_args(args)
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError(f"{PROG} cluster: --jobs must be at least 1")
+    if args.in_place:
+        dests = models
+    else:
+        folder = Path(args.output)
+        if folder.exists() and not folder.is_dir():
+            raise OutputError(folder, "is not a folder (several models need -o FOLDER)")
+        folder.mkdir(parents=True, exist_ok=True)
+        dests = [folder / m.name for m in models]
+        if len(set(dests)) != len(dests):
+            raise UsageError(f"{PROG} cluster: two inputs share a file name; they would collide in {folder}")
+    if args.report:
+        _check_output_free(args.report, args.force)
+    jobs = min(args.jobs or os.cpu_count() or 1, len(models))
+    work = [(m, d, config.to_dict(), args.in_place, args.force, args.strict) for m, d in zip(models, dests)]
+    if jobs == 1:
+        results = [_cluster_one(*w) for w in work]
+    else:
+        from concurrent.futures import ProcessPoolExecutor
+        with ProcessPoolExecutor(max_workers=jobs) as pool:
+            results = list(pool.map(_cluster_one, *zip(*work)))
+    for r in results:
+        if r["code"] == 0 and not args.quiet:
+            print(f"ok    {r['model']} {r['message']}")
+        elif r["code"] != 0:
+            print(f"FAIL  {r['message']}", file=sys.stderr)
+    if args.report:
+        doc = {"models": [{"model": r["model"], "exit": r["code"], "error": None if r["code"] == 0 else r["message"],
+                           "report": r["report"]} for r in results]}
+        write_atomic(args.report, (_dump_json(doc) + "\n").encode(), overwrite=args.force)
+    failed = sum(r["code"] == 2 for r in results)
+    strict = sum(r["code"] == 1 for r in results)
+    if not args.quiet:
+        print(f"{len(results) - failed - strict} of {len(results)} models written"
+              + (f", {failed} failed" if failed else "") + (f", {strict} failed --strict" if strict else ""))
+    return 2 if failed else (1 if strict else 0)
+
+
 def _run_cluster(args) -> int:
+    if len(args.model) > 1 or Path(args.model[0]).is_dir():
+        return _run_batch(args)
+    args.model = args.model[0]
+    if args.jobs is not None:
+        raise UsageError(f"{PROG} cluster: --jobs is for several models")
     if args.auto:
         return _run_auto(args)
     only_auto = [flag for flag, value in (("--min-sqnr", args.min_sqnr), ("--inputs", args.inputs),
