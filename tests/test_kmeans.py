@@ -1,0 +1,333 @@
+"""Kernels of tflite_cluster.kmeans: exactness against brute force and a plain DP, properties."""
+
+import warnings
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tflite_cluster import kmeans as km
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+@pytest.fixture(params=["dense", "divide_and_conquer"])
+def kernel(request, monkeypatch):
+    """Run a test with each DP kernel; the second forces divide and conquer on small rows, with
+    tiny leaves, candidate chunks and table chunks so that every splitting path is exercised."""
+    if request.param == "divide_and_conquer":
+        monkeypatch.setattr(km, "_DENSE_MAX", 0)
+        monkeypatch.setattr(km, "_LEAF", 2)
+        monkeypatch.setattr(km, "_LEAF_WIDTH", 3)
+        monkeypatch.setattr(km, "_CAND_CHUNK", 3)
+    monkeypatch.setattr(km, "_CHUNK_ELEMS", 200)
+    return request.param
+
+
+def plain_dp(values, k, integer=False):
+    """Optimal SSE by the textbook O(k m^2) DP, without any monotonicity shortcut."""
+    x, w = np.unique(np.asarray(values), return_counts=True)
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    m = len(x)
+    if m <= k:
+        return 0.0
+    xc = x - (np.floor((x[0] + x[-1]) / 2) if integer else np.dot(w, x) / w.sum())
+    P = [np.concatenate([[0.0], np.cumsum(v)]) for v in (w, w * xc, w * xc * xc)]
+    s = np.arange(m + 1)[:, None]
+    t = np.arange(m + 1)[None, :]
+    with np.errstate(all="ignore"):
+        dW, d1, d2 = P[0][t] - P[0][s], P[1][t] - P[1][s], P[2][t] - P[2][s]
+        if integer:
+            c = np.floor(d1 / dW + 0.5)
+            C = d2 - c * (2 * d1 - c * dW)
+        else:
+            C = d2 - d1 * d1 / dW
+    C[s >= t] = np.inf
+    E = C[0].copy()
+    for _ in range(2, k + 1):
+        E = (E[:, None] + C).min(axis=0)
+    return float(E[m])
+
+
+def random_rows(rng, integer, zero_fixed):
+    R = int(rng.integers(1, 4))
+    N = int(rng.integers(1, 11))
+    if integer:
+        a = rng.integers(-6, 7, size=(R, N))
+    else:
+        kind = int(rng.integers(0, 4))
+        if kind == 0:
+            a = rng.normal(size=(R, N))
+        elif kind == 1:  # many ties
+            a = np.round(rng.normal(size=(R, N)) * 2) / 2
+        elif kind == 2:  # negative only
+            a = -np.abs(rng.normal(size=(R, N))) - 0.1
+        else:  # all equal rows
+            a = np.full((R, N), 0.3)
+        if zero_fixed:
+            a[rng.random((R, N)) < 0.3] = 0.0
+    return a
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+@pytest.mark.parametrize("integer", [False, True])
+@pytest.mark.parametrize("zero_fixed", [False, True])
+def test_optimal_matches_bruteforce(kernel, integer, zero_fixed):
+    rng = np.random.default_rng(1234 + 2 * integer + zero_fixed)
+    for _ in range(120):
+        a = random_rows(rng, integer, zero_fixed)
+        k = int(rng.integers(1, 7))
+        out = km.snap_rows(a, k, integer=integer, zero_fixed=zero_fixed)
+        got = km.sse(a, out)
+        for r in range(a.shape[0]):
+            ref = km.optimal_sse_bruteforce(a[r], k, integer=integer, zero_fixed=zero_fixed)
+            assert got[r] == pytest.approx(ref, rel=1e-9, abs=1e-12), (a[r], k)
+            assert len(np.unique(out[r])) <= k
+
+
+@pytest.mark.parametrize("integer", [False, True])
+def test_optimal_matches_plain_dp_on_larger_rows(kernel, integer):
+    """Rows of 30..150 values with k up to 20: exercises the Knuth windows and the recursion."""
+    rng = np.random.default_rng(7 + integer)
+    for trial in range(6):
+        k = int(rng.integers(2, 21))
+        n = int(rng.integers(30, 150))
+        if integer:
+            a = np.clip(np.round(rng.laplace(size=(3, n)) * rng.uniform(2, 30)), -127, 127).astype(np.int8)
+        else:
+            a = rng.standard_t(3, size=(3, n)) * rng.uniform(0.01, 100)
+            if trial % 2:
+                a = np.round(a, 1)  # ties
+        out = km.snap_rows(a, k, integer=integer)
+        got = km.sse(a, out)
+        for r in range(3):
+            ref = plain_dp(a[r], k, integer)
+            if integer:
+                assert got[r] == ref  # integer costs are exact
+            else:
+                assert got[r] == pytest.approx(ref, rel=1e-9, abs=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(-20, 20), min_size=1, max_size=9), st.integers(1, 5), st.booleans(),
+       st.booleans())
+def test_property_bruteforce(values, k, integer, zero_fixed):
+    a = np.array([values], dtype=np.int16 if integer else np.float64)
+    if not integer:
+        a = a / 4.0
+    out = km.snap_rows(a, k, integer=integer, zero_fixed=zero_fixed)
+    ref = km.optimal_sse_bruteforce(a[0], k, integer=integer, zero_fixed=zero_fixed)
+    assert km.sse(a, out)[0] == pytest.approx(ref, rel=1e-9, abs=1e-12)
+
+
+def test_zero_fixed_large_rows_match_plain_split(kernel):
+    """zero_fixed on rows of ~60 values: optimum equals the best split of the other k-1
+    clusters between negatives and positives, each side solved by brute force over the zero
+    cluster's extent with the plain DP."""
+    rng = np.random.default_rng(5)
+    for _ in range(4):
+        a = np.round(rng.laplace(size=(2, 60)) * 8).astype(np.int64)
+        a[:, :5] = 0
+        k = int(rng.integers(2, 7))
+        out = km.snap_rows(a, k, integer=True, zero_fixed=True)
+        for r in range(2):
+            assert np.all(out[r][a[r] == 0] == 0)
+            assert len(np.unique(out[r])) <= k
+            assert km.sse(a[r:r + 1], out[r:r + 1])[0] == _zero_fixed_reference(a[r], k)
+
+
+def _zero_fixed_reference(x, k):
+    u, w = np.unique(x, return_counts=True)
+    neg, pos = u < 0, u > 0
+
+    def side(vals, wts, q):  # best cost of one side with q free clusters, rest at 0
+        n = len(vals)
+        best = np.inf
+        for a in range(q, n + 1):  # vals[a:] join the zero cluster (vals sorted by |x| last)
+            rest = float(np.dot(wts[a:], vals[a:].astype(np.float64) ** 2))
+            head = 0.0 if a == 0 else (np.inf if q == 0 else plain_dp(np.repeat(vals[:a], wts[:a]), q, True))
+            best = min(best, head + rest)
+        return best
+
+    nv, nw = u[neg], w[neg]
+    pv, pw = -u[pos][::-1], w[pos][::-1]
+    return min(side(nv, nw, q1) + side(pv, pw, q2)
+               for q1 in range(0, min(k - 1, len(nv)) + 1)
+               for q2 in range(0, min(k - 1 - q1, len(pv)) + 1))
+
+
+# ----------------------------------------------------------------------------- properties
+
+
+def test_multi_row_equals_rows_alone(kernel):
+    rng = np.random.default_rng(3)
+    a = rng.normal(size=(7, 40)) * rng.uniform(0.1, 10, size=(7, 1))
+    a[2, :] = a[2, 0]  # a constant row
+    a[4, :35] = 0.0  # mostly zeros
+    for zero_fixed in (False, True):
+        together = km.snap_rows(a, 5, zero_fixed=zero_fixed)
+        alone = np.concatenate([km.snap_rows(a[r:r + 1], 5, zero_fixed=zero_fixed) for r in range(7)])
+        np.testing.assert_array_equal(together, alone)
+    codes = np.round(rng.laplace(size=(9, 50)) * 10).astype(np.int8)
+    together = km.snap_rows(codes, 4, integer=True)
+    alone = np.concatenate([km.snap_rows(codes[r:r + 1], 4, integer=True) for r in range(9)])
+    np.testing.assert_array_equal(together, alone)
+
+
+def test_never_worse_than_scipy_kmeans2():
+    from scipy.cluster.vq import kmeans2
+
+    rng = np.random.default_rng(11)
+    a = rng.standard_t(4, size=(5, 300))
+    for k in (3, 8, 16):
+        ours = km.sse(a, km.snap_rows(a, k))
+        for r in range(5):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cen, lab = kmeans2(a[r], k, minit="++", rng=0)
+            theirs = float(np.sum((a[r] - cen[lab]) ** 2))
+            assert ours[r] <= theirs * (1 + 1e-12)
+
+
+def test_rows_with_at_most_k_values_are_unchanged():
+    a = np.array([[0.1, 0.1, 0.1, 0.7, -0.0, 0.7],
+                  [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]])
+    out = km.snap_rows(a, 3)
+    assert out[0].tobytes() == a[0].tobytes()  # bit for bit (keeps -0.0 and 0.1 exactly)
+    assert len(np.unique(out[1])) == 3
+    codes = np.array([[5, -3, 5, 5], [1, 2, 3, 4]], dtype=np.int8)
+    out = km.snap_rows(codes, 2, integer=True, zero_fixed=True)
+    assert out.dtype == np.int8
+    np.testing.assert_array_equal(out[0], codes[0])
+
+
+def test_at_most_k_values_and_float64_output():
+    rng = np.random.default_rng(2)
+    a = rng.normal(size=(4, 500)).astype(np.float32)
+    for k in (1, 2, 16, 100):
+        out = km.snap_rows(a, k)
+        assert out.dtype == np.float64 and out.shape == a.shape
+        assert all(len(np.unique(row)) <= k for row in out)
+
+
+def test_k1_is_the_mean():
+    a = np.array([[1.0, 2.0, 6.0]])
+    np.testing.assert_allclose(km.snap_rows(a, 1), [[3.0, 3.0, 3.0]])
+    c = np.array([[1, 2, 2]], dtype=np.int8)  # mean 5/3 rounds to 2
+    np.testing.assert_array_equal(km.snap_rows(c, 1, integer=True), [[2, 2, 2]])
+    z = np.array([[0.0, 1.0, 3.0]])
+    np.testing.assert_array_equal(km.snap_rows(z, 1, zero_fixed=True), [[0.0, 0.0, 0.0]])
+
+
+def test_deterministic_and_row_order_independent():
+    rng = np.random.default_rng(9)
+    a = np.round(rng.normal(size=(6, 200)), 2)  # many ties
+    first = km.snap_rows(a, 7)
+    np.testing.assert_array_equal(first, km.snap_rows(a, 7))
+    perm = rng.permutation(6)
+    np.testing.assert_array_equal(first[perm], km.snap_rows(a[perm], 7))
+
+
+def test_integer_results_are_codes_within_the_range():
+    rng = np.random.default_rng(4)
+    for dtype in (np.int8, np.uint8, np.int64):
+        info = np.iinfo(dtype)
+        a = rng.integers(max(info.min, -128), min(info.max, 127) + 1, size=(5, 300)).astype(dtype)
+        out = km.snap_rows(a, 6, integer=True)
+        assert out.dtype == dtype
+        assert np.all(out.min(axis=1) >= a.min(axis=1)) and np.all(out.max(axis=1) <= a.max(axis=1))
+        assert all(len(np.unique(r)) <= 6 for r in out)
+
+
+def test_integer_centroid_is_rounded_mean_half_up():
+    a = np.array([[0, 1, 10, 11]], dtype=np.int8)  # clusters {0,1} and {10,11}: means x.5
+    np.testing.assert_array_equal(km.snap_rows(a, 2, integer=True), [[1, 1, 11, 11]])
+    b = np.array([[-1, 0, 10, 11]], dtype=np.int8)  # mean -0.5 -> 0
+    np.testing.assert_array_equal(km.snap_rows(b, 2, integer=True), [[0, 0, 11, 11]])
+
+
+def test_zero_fixed_keeps_zeros_and_includes_zero():
+    rng = np.random.default_rng(6)
+    a = rng.normal(size=(8, 120)) + 3.0  # mostly positive: zero would not be a centroid
+    a[rng.random(a.shape) < 0.4] = 0.0
+    for method in ("optimal", "kmeans"):
+        out = km.snap_rows(a, 4, zero_fixed=True, method=method)
+        for r in range(8):
+            assert np.all(out[r][a[r] == 0] == 0)
+            assert 0.0 in out[r]
+            assert len(np.unique(out[r])) <= 4
+    plain = km.sse(a, km.snap_rows(a, 4))
+    fixed = km.sse(a, km.snap_rows(a, 4, zero_fixed=True))
+    assert np.all(fixed >= plain * (1 - 1e-12))
+
+
+def test_zero_fixed_near_zero_values_may_join_zero():
+    a = np.array([[-5.0, -5.1, 0.0, 0.0, 0.01, 5.0, 5.2]])
+    out = km.snap_rows(a, 3, zero_fixed=True)
+    np.testing.assert_allclose(out, [[-5.05, -5.05, 0, 0, 0, 5.1, 5.1]])
+
+
+def test_sse():
+    a = np.array([[1.0, 2.0], [3.0, 5.0]])
+    np.testing.assert_allclose(km.sse(a, np.array([[1.0, 1.0], [4.0, 4.0]])), [1.0, 2.0])
+
+
+# ----------------------------------------------------------------------------- kmeans method
+
+
+@pytest.mark.parametrize("init", km.INITS)
+def test_kmeans_each_init(init):
+    rng = np.random.default_rng(8)
+    a = rng.laplace(size=(3, 400))
+    out = km.snap_rows(a, 8, method="kmeans", init=init, seed=5)
+    np.testing.assert_array_equal(out, km.snap_rows(a, 8, method="kmeans", init=init, seed=5))
+    assert all(len(np.unique(r)) <= 8 for r in out)
+    opt = km.sse(a, km.snap_rows(a, 8))
+    assert np.all(km.sse(a, out) >= opt * (1 - 1e-12))
+    codes = np.round(a * 20).astype(np.int8)
+    outc = km.snap_rows(codes, 8, method="kmeans", init=init, integer=True, zero_fixed=True)
+    assert outc.dtype == np.int8
+    assert all(len(np.unique(r)) <= 8 for r in outc)
+    assert np.all(outc[codes == 0] == 0)
+
+
+def test_kmeans_rows_with_few_values_unchanged():
+    a = np.array([[0.1, 0.2, 0.1], [1.0, 2.0, 3.0]])
+    out = km.snap_rows(a, 3, method="kmeans")
+    assert out.tobytes() == a.tobytes()
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"k": 0}, "k must be >= 1"),
+    ({"k": 2.5}, "k must be an integer"),
+    ({"k": True}, "k must be an integer"),
+    ({"k": 2, "method": "fast"}, "unknown method"),
+    ({"k": 2, "init": "best"}, "unknown init"),
+])
+def test_bad_arguments(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        km.snap_rows(np.zeros((1, 3)), **kwargs)
+
+
+def test_bad_values():
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        km.snap_rows(np.array([[1.0, np.nan]]), 2)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        km.snap_rows(np.array([[1.0, np.inf]]), 2, method="kmeans")
+    with pytest.raises(ValueError, match="2-D"):
+        km.snap_rows(np.zeros(4), 2)
+    with pytest.raises(ValueError, match="integer codes"):
+        km.snap_rows(np.zeros((1, 4)), 2, integer=True)
+
+
+def test_empty_input():
+    assert km.snap_rows(np.zeros((0, 5)), 3).shape == (0, 5)
+    assert km.snap_rows(np.zeros((2, 0), np.int8), 3, integer=True).dtype == np.int8

@@ -1,0 +1,836 @@
+"""Clustering kernels: exact 1-D k-means over rows, and seeded Lloyd (scipy ``kmeans2``).
+
+Pure numpy/scipy: no model format, no printing. The pipeline hands over a 2-D array, one row per
+independent problem (a tensor, a channel or a group of channels), and gets back the same shape with
+every value replaced by the centroid of its cluster (:func:`snap_rows`).
+
+``method="optimal"`` is the exact minimum of the sum of squared errors of each row. Clusters of 1-D
+k-means are contiguous runs of the sorted values, so the optimum is a dynamic programme over the
+row's sorted distinct values weighted by their counts (Wang & Song 2011, Ckmeans.1d.dp)::
+
+    E_q(t) = min_{q-1 <= s < t} E_{q-1}(s) + cost(s, t)        (first t points, q clusters)
+
+with ``cost(s, t) = S2 - S1**2 / W`` from prefix sums of w, w*x, w*x**2 over the (centred) points
+``s..t-1``. For integer centroids a segment's best centroid is its rounded mean ``floor(mean+0.5)``
+and the cost is evaluated with it; sums of integer codes are exact in float64, so that DP is
+exact to the last unit. Either cost obeys the quadrangle inequality (for the integer one: the best
+centroid of the inner segment is at least as good as the outer one's for the points beyond it),
+so the leftmost optimal split ``s`` is monotone in ``t`` and in ``q`` (Knuth: ``opt_{q-1}(t) <=
+opt_q(t)``). Two kernels use that, both vectorised across rows (rows are grouped by size, padded
+and solved together):
+
+* dense (rows of at most ``_DENSE_MAX`` distinct values: every int8 row): for each layer the
+  candidates are swept by segment length ``d = t - s`` as whole-array operations; Knuth's bound
+  limits ``d`` to the largest last-cluster length of the previous layer. Cost table
+  ``b x R x (M+1)`` per chunk of ``R`` rows (``b = M - k + 1``), int32 when the integer costs of
+  the chunk provably fit, float64 otherwise; chunks are sized to keep it under ~32 MB.
+* divide and conquer (bigger rows): ``opt`` is monotone in ``t``, so each layer is solved by the
+  classic divide-and-conquer optimisation, ``O(n log n)`` per layer, run level by level: all
+  pending intervals of one recursion level (of all rows) are evaluated at once from flattened
+  candidate ranges (``np.repeat`` + ``np.minimum.reduceat``), intervals are bounded by their
+  tree neighbours' optima and by Knuth's bound. ``O(k n log n)`` time.
+
+Both keep the optimal split of every state for backtracking: an int32 table of ``k x n`` entries
+(``4 k n`` bytes: 64 MB for k=16 and a million distinct values). A problem whose table would
+exceed ``_TABLE_LIMIT`` is refused with :class:`ValueError`.
+
+``zero_fixed`` (preserve sparsity): zero is a centroid and exact zeros stay zero. The zero cluster
+is an interval around 0 in sorted order, so the cost separates into the negatives (a prefix DP
+that ends with a tail ``[a, zero)`` at centroid 0) and the mirrored positives; the best split of
+the other ``k - 1`` clusters between the two sides is searched exactly.
+
+``method="kmeans"`` is scipy's ``kmeans2`` (Lloyd) per row with TFMOT's initialisations, seeded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import warnings
+
+import numpy as np
+
+__all__ = ["INITS", "METHODS", "optimal_sse_bruteforce", "snap_rows", "sse"]
+
+METHODS = ("optimal", "kmeans")
+INITS = ("linear", "kmeans++", "density", "random")
+
+_DENSE_MAX = 384  # rows with more distinct values go to divide and conquer
+_CHUNK_ELEMS = 1 << 22  # entries of a dense chunk's cost table (32 MB in float64)
+_CAND_CHUNK = 1 << 16  # candidates evaluated at once by divide and conquer
+_LEAF = 8  # divide and conquer solves runs of this many positions as one block
+_LEAF_WIDTH = 64  # ... when their common candidate range is at most this wide
+_TABLE_LIMIT = 1 << 31  # bytes of backtracking table allowed for one problem
+_FLOAT_EXACT = float(1 << 52)  # integer sums below this are exact in float64
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: bool = False,
+              zero_fixed: bool = False, init: str = "kmeans++", seed: int = 0) -> np.ndarray:
+    """Cluster each row of ``rows`` into at most ``k`` values; returns the snapped array.
+
+    ``rows`` is 2-D (R x N), float (used as float64) or, with ``integer=True``, integer codes.
+    The result has the same shape, float64 for float input and the input's dtype for integer
+    input (centroids are then integers: a cluster's rounded mean, ``floor(mean + 0.5)``). A row
+    with at most ``k`` distinct values comes back unchanged, bit for bit.
+
+    ``method``: ``"optimal"`` (exact minimum SSE per row) or ``"kmeans"`` (scipy ``kmeans2``
+    with ``init`` in ``"linear"``, ``"kmeans++"``, ``"density"``, ``"random"``, seeded with
+    ``seed``; the same seed is used for every row). ``zero_fixed``: zero is one of the centroids
+    of every row that holds exact zeros, and those stay 0. Deterministic for the same input.
+    Raises :class:`ValueError` for bad arguments or values (NaN/Inf, wrong ndim, ...).
+    """
+    a, k = _check(rows, k, method, init, integer)
+    if a.size == 0:
+        return a.copy() if integer else a.astype(np.float64)
+    if method == "kmeans":
+        return _kmeans_rows(a, k, integer, zero_fixed, init, seed)
+    vals, wts, ptr, inv = _distinct(a, integer)
+    m = np.diff(ptr)
+    changed = m > k
+    out = a.copy() if integer else a.astype(np.float64, copy=True)
+    if not changed.any():
+        return out
+    flags, zero_mark = _optimal_flags(vals, wts, ptr, k, integer, zero_fixed, changed)
+    cen = _centroids(vals, wts, flags, zero_mark, integer)
+    rows_c = np.flatnonzero(changed)
+    out[rows_c] = cen[inv[rows_c]].astype(out.dtype, copy=False)
+    return out
+
+
+def sse(rows, snapped) -> np.ndarray:
+    """Per-row sum of squared errors between ``rows`` and ``snapped`` (float64)."""
+    a = np.asarray(rows, dtype=np.float64)
+    b = np.asarray(snapped, dtype=np.float64)
+    if a.shape != b.shape:
+        raise ValueError(f"shapes differ: {a.shape} and {b.shape}")
+    if a.ndim == 1:
+        a, b = a[None], b[None]
+    d = a - b
+    return np.einsum("ij,ij->i", d, d)
+
+
+def optimal_sse_bruteforce(values, k, integer=False, zero_fixed=False) -> float:
+    """Reference optimum by enumerating every contiguous partition of the sorted distinct values.
+
+    For tests on small inputs only (the number of partitions grows as ``C(n-1, k-1)``). Integer
+    centroids are rounded means; with ``zero_fixed`` (and a zero among the values) the cluster
+    holding zero has centroid 0 and the others are free.
+    """
+    x = np.asarray(values).ravel()
+    if x.size == 0:
+        return 0.0
+    u, w = np.unique(x, return_counts=True)
+    u = u.astype(np.float64)
+    w = w.astype(np.float64)
+    n = len(u)
+    if k < 1:
+        raise ValueError("k must be >= 1")
+    has_zero = bool(zero_fixed) and bool(np.any(u == 0))
+    if n <= k:
+        return 0.0
+
+    def seg(i, j):
+        xs, ws = u[i:j], w[i:j]
+        if has_zero and np.any(xs == 0):
+            c = 0.0
+        else:
+            c = float(np.dot(ws, xs)) / float(ws.sum())
+            if integer:
+                c = float(np.floor(c + 0.5))
+        return float(np.dot(ws, (xs - c) ** 2))
+
+    best = np.inf
+    for nc in range(1, k + 1):
+        for cuts in itertools.combinations(range(1, n), nc - 1):
+            b = (0, *cuts, n)
+            best = min(best, sum(seg(i, j) for i, j in zip(b[:-1], b[1:])))
+    return float(best)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check(rows, k, method, init, integer):
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; expected one of {', '.join(INITS)}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"k must be an integer, got {k!r}")
+    k = int(k)
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    a = np.asarray(rows)
+    if a.ndim != 2:
+        raise ValueError(f"rows must be a 2-D array (rows x values), got {a.ndim}-D")
+    if integer:
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"integer=True needs integer codes, got dtype {a.dtype}")
+        if a.size:
+            lo, hi = int(a.min()), int(a.max())
+            span = float(hi - lo)
+            if span * span * a.shape[1] >= _FLOAT_EXACT or max(abs(lo), abs(hi)) >= 1 << 31:
+                raise ValueError("integer codes too large for exact clustering "
+                                 f"(range {lo}..{hi} over {a.shape[1]} values per row)")
+    else:
+        if a.dtype.kind not in "fiu":
+            raise ValueError(f"rows must be real numbers, got dtype {a.dtype}")
+        a = a.astype(np.float64, copy=False)
+        if a.size and not np.all(np.isfinite(a)):
+            raise ValueError("rows contain NaN or infinite values")
+    return a, k
+
+
+# ----------------------------------------------------------------------------- distinct values
+
+
+def _distinct(a, integer):
+    """Sorted distinct values of each row as flat arrays.
+
+    Returns ``vals`` (int64 or float64), ``wts`` (int64 counts), ``ptr`` (R+1 offsets of each
+    row's values) and ``inv`` (R x N: index into ``vals`` of every element).
+    """
+    R, N = a.shape
+    if integer:
+        lo = int(a.min())
+        span = int(a.max()) - lo + 1
+        if R * span <= max(8 * a.size, 1 << 20):
+            key = (a.astype(np.int64) - lo) + (np.arange(R, dtype=np.int64) * span)[:, None]
+            cnt = np.bincount(key.ravel(), minlength=R * span)
+            present = cnt > 0
+            nz = np.flatnonzero(present)
+            rank = np.cumsum(present) - 1
+            inv = rank[key]
+            vals = nz % span + lo
+            ptr = np.zeros(R + 1, np.int64)
+            np.cumsum(np.bincount(nz // span, minlength=R), out=ptr[1:])
+            return vals.astype(np.int64), cnt[nz].astype(np.int64), ptr, inv
+    order = np.argsort(a, axis=1, kind="stable")
+    s = np.take_along_axis(a, order, axis=1)
+    new = np.ones((R, N), bool)
+    np.not_equal(s[:, 1:], s[:, :-1], out=new[:, 1:])
+    flat_new = new.ravel()
+    did = np.cumsum(flat_new) - 1
+    vals = s.ravel()[flat_new]
+    starts = np.flatnonzero(flat_new)
+    wts = np.diff(np.append(starts, R * N)).astype(np.int64)
+    ptr = np.zeros(R + 1, np.int64)
+    np.cumsum(new.sum(axis=1), out=ptr[1:])
+    inv = np.empty((R, N), np.int64)
+    np.put_along_axis(inv, order, did.reshape(R, N), axis=1)
+    if integer:
+        vals = vals.astype(np.int64)
+    return vals, wts, ptr, inv
+
+
+# ----------------------------------------------------------------------------- optimal method
+
+
+def _optimal_flags(vals, wts, ptr, k, integer, zero_fixed, changed):
+    """Cluster-start flags over the flat distinct values of the rows to change.
+
+    Returns ``flags`` (bool per distinct value: it starts a cluster) and ``zero_mark`` (bool per
+    distinct value: its cluster's centroid is fixed at 0).
+    """
+    n = len(vals)
+    m = np.diff(ptr)
+    flags = np.ones(n, bool)  # unchanged rows: every distinct value is its own cluster
+    zero_mark = np.zeros(n, bool)
+    rows = np.flatnonzero(changed)
+    flags[_ranges(ptr[rows], m[rows])] = False
+    flags[ptr[rows]] = True
+    zrow = np.zeros(len(rows), bool)
+    zpos = np.zeros(len(rows), np.int64)
+    if zero_fixed:
+        for i, r in enumerate(rows):  # cheap: one searchsorted per row
+            j = np.searchsorted(vals[ptr[r]:ptr[r + 1]], 0)
+            if j < m[r] and vals[ptr[r] + j] == 0:
+                zrow[i], zpos[i] = True, j
+    plain = rows[~zrow]
+    if len(plain):
+        if k == 1:
+            pass  # one cluster per row: the row start is the only flag
+        else:
+            starts = _solve_exact(vals, wts, ptr[plain], m[plain], k, integer)
+            for j in range(1, k):
+                flags[ptr[plain] + starts[:, j]] = True
+    if zrow.any():
+        _zero_fixed_flags(vals, wts, ptr, m, rows[zrow], zpos[zrow], k, integer, flags, zero_mark)
+    return flags, zero_mark
+
+
+def _ranges(starts, lengths):
+    """Concatenation of ``arange(s, s + l)`` for each pair (vectorised)."""
+    lengths = np.asarray(lengths, np.int64)
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64)
+    off = np.repeat(np.asarray(starts, np.int64) - np.cumsum(lengths) + lengths, lengths)
+    return off + np.arange(total, dtype=np.int64)
+
+
+def _solve_exact(vals, wts, pstart, plen, K, integer):
+    """Exact K-clustering of each problem (``plen > K`` points from ``pstart``).
+
+    Returns the start (local index) of every cluster, shape (P, K).
+    """
+    P = len(pstart)
+    tail = _exact_tail(plen)
+    res = _solve(vals, wts, pstart, plen, None, K, integer, tail, allq=False)
+    qsel = np.full(P, K, np.int64)
+    starts = np.empty((P, K), np.int64)
+    for chunk in res:
+        idx = chunk["idx"]
+        starts[idx] = _backtrack(chunk["A"], qsel[idx], plen[idx], K)[:, :K]
+    return starts
+
+
+def _exact_tail(plen):
+    """Tail costs of the exact-cover problem: 0 at t == m (all points used), +inf elsewhere."""
+    return ("exact", plen)
+
+
+def _zero_fixed_flags(vals, wts, ptr, m, rows, zpos, k, integer, flags, zero_mark):
+    """Flags of rows whose zero must stay a centroid (see module doc)."""
+    R = len(rows)
+    base = ptr[rows]
+    if k == 1:
+        zero_mark[_ranges(base, m[rows])] = True
+        return
+    K = k - 1
+    nneg = zpos
+    npos = m[rows] - zpos - 1
+    # negatives: points base .. base+nneg-1; positives mirrored: -x from the row's end backwards
+    Fn, Tn, bt_n = _side(vals, wts, base, nneg, K, integer, mirror=False)
+    Fp, Tp, bt_p = _side(vals, wts, base + m[rows] - 1, npos, K, integer, mirror=True)
+    # best q1 + q2 <= K: prefix minimum of the positives' F over q2 <= K - q1
+    gp = np.minimum.accumulate(Fp, axis=1)
+    q1s = np.arange(K + 1)
+    tot = Fn + gp[:, K - q1s]
+    q1 = np.argmin(tot, axis=1)
+    lim = K - q1
+    fp_masked = np.where(np.arange(K + 1)[None, :] <= lim[:, None], Fp, np.inf)
+    q2 = np.argmin(fp_masked, axis=1)
+    a_neg = Tn[np.arange(R), q1]  # negatives from a_neg on join the zero cluster
+    b_pos = Tp[np.arange(R), q2]  # mirrored positives from b_pos on join it
+    starts_n = bt_n(q1, a_neg)  # (R, K+1) local starts, -1 unused
+    starts_p = bt_p(q2, b_pos)
+    rr, cc = np.nonzero(starts_n >= 0)
+    flags[base[rr] + starts_n[rr, cc]] = True
+    # zero cluster starts at a_neg (the row start when q1 == 0)
+    flags[base + a_neg] = True
+    rr, cc = np.nonzero(starts_p > 0)  # a mirrored start s > 0 is the x start m - s
+    mr = m[rows]
+    flags[base[rr] + mr[rr] - starts_p[rr, cc]] = True
+    hasp = q2 > 0  # first positive cluster starts after the zero cluster's end
+    flags[base[hasp] + mr[hasp] - b_pos[hasp]] = True
+    zlen = (mr - b_pos) - a_neg
+    zero_mark[_ranges(base + a_neg, zlen)] = True
+
+
+def _side(vals, wts, start, n, K, integer, mirror):
+    """One side of zero-fixed rows: F[r, q] = best cost of the side with q free clusters and the
+    rest (the points nearest zero) at centroid 0; T[r, q] the first point at zero; and a
+    backtracking function ``(q, t) -> starts`` (R x K+1, -1 unused)."""
+    R = len(start)
+    F = np.full((R, K + 1), np.inf)
+    T = np.zeros((R, K + 1), np.int64)
+    if mirror:  # the side's points in increasing order of x' = -x: backwards from ``start``
+        flat = np.repeat(start, n) - _ranges(np.zeros_like(start), n)
+    else:
+        flat = _ranges(start, n)
+    x = vals[flat]
+    if mirror:
+        x = -x
+    w = wts[flat]
+    lptr = np.zeros(R + 1, np.int64)
+    np.cumsum(n, out=lptr[1:])
+    # zero-cluster cost of a suffix: sum of w x^2 from t to the end (exact for integers)
+    xf = x.astype(np.float64)
+    wx2 = w * xf * xf
+    csum = np.zeros(len(x) + 1)
+    np.cumsum(wx2, out=csum[1:])
+    F[:, 0] = csum[lptr[1:]] - csum[lptr[:-1]]
+    T[:, 0] = 0
+    act = np.flatnonzero(n > 0)
+    chunks = []
+    if len(act):
+        tail = ("suffix", csum, lptr)
+        chunks = _solve(x, w, lptr[act], n[act], act, K, integer, tail, allq=True)
+        for ch in chunks:
+            rows_g = act[ch["idx"]]
+            F[rows_g, 1:] = ch["F"][:, 1:]
+            T[rows_g, 1:] = ch["T"][:, 1:]
+    pos_of = np.full(R, -1, np.int64)
+    where = {}
+    for ci, ch in enumerate(chunks):
+        rows_g = act[ch["idx"]]
+        pos_of[rows_g] = ci
+        where[ci] = rows_g
+
+    def backtrack(q, t):
+        out = np.full((R, K + 1), -1, np.int64)
+        for ci, ch in enumerate(chunks):
+            rows_g = where[ci]
+            out[rows_g] = _backtrack(ch["A"], q[rows_g], t[rows_g], K)
+        return out
+
+    return F, T, backtrack
+
+
+def _centroids(vals, wts, flags, zero_mark, integer):
+    """Centroid of every distinct value's cluster (clusters = runs started by ``flags``)."""
+    starts = np.flatnonzero(flags)
+    lens = np.diff(np.append(starts, len(vals)))
+    cid = np.cumsum(flags) - 1
+    if integer:
+        v = vals.astype(np.int64)
+        W = np.add.reduceat(wts, starts)
+        S1 = np.add.reduceat(wts * v, starts)
+        c = np.floor_divide(2 * S1 + W, 2 * W)
+    else:
+        first = vals[starts]
+        dev = vals - np.repeat(first, lens)
+        W = np.add.reduceat(wts.astype(np.float64), starts)
+        c = first + np.add.reduceat(wts * dev, starts) / W
+    cz = np.zeros(len(starts), bool)
+    cz[cid[zero_mark]] = True
+    c[cz] = 0
+    return c[cid]
+
+
+# ----------------------------------------------------------------------------- DP driver
+
+
+def _solve(x, w, pstart, plen, ids, K, integer, tail, allq):
+    """Run the layered DP on problems ``x[pstart[i] : pstart[i] + plen[i]]`` (sorted ascending).
+
+    ``tail`` describes the cost added after the last cluster: ``("exact", plen)`` (all points
+    must be used) or ``("suffix", csum, lptr)`` (the points from t on sit at centroid 0, cost
+    from the prefix sums ``csum`` of w*x^2 over the problems laid out by ``lptr``; ``ids`` maps
+    problems to those rows). ``allq`` pads rows so that every layer covers every end point.
+
+    Returns a list of chunk results: ``idx`` (problem indices), ``A`` (K x R x b int32 optimal
+    segment lengths), ``F`` (R x K+1 best total per number of clusters) and ``T`` (its end).
+    """
+    P = len(pstart)
+    order = np.argsort(plen, kind="stable")
+    out = []
+    i = 0
+    while i < P:
+        Mi = int(plen[order[i]])
+        # grow the chunk while its table stays in budget (rows sorted by size)
+        j = i + 1
+        while j < P:
+            Mj = int(plen[order[j]]) + (K - 1 if allq else 0)
+            if Mj > _DENSE_MAX and Mi + (K - 1 if allq else 0) <= _DENSE_MAX:
+                break  # keep dense and divide-and-conquer chunks apart
+            b = Mj - K + 1
+            cost = b * (j + 1 - i) * (Mj + 1) if Mj <= _DENSE_MAX else (j + 1 - i) * (Mj + 1) * 8
+            if cost > _CHUNK_ELEMS:
+                break
+            j += 1
+        idx = order[i:j]
+        out.append(_solve_chunk(x, w, pstart[idx], plen[idx], None if ids is None else ids[idx],
+                                K, integer, tail, allq, idx))
+        i = j
+    return out
+
+
+def _solve_chunk(x, w, pstart, plen, ids, K, integer, tail, allq, idx):
+    R = len(pstart)
+    M = int(plen.max()) + (K - 1 if allq else 0)
+    b = M - K + 1
+    if K * R * b * 4 > _TABLE_LIMIT:
+        raise ValueError(f"problem too large for the exact method: k={K} over {int(plen.max())} "
+                         f"distinct values needs a {K * R * b * 4 / 2**30:.1f} GiB table; "
+                         "use fewer clusters, smaller rows or method='kmeans'")
+    # padded points: copies of the last point with weight 1 (keeps the instance valid)
+    j = np.arange(M, dtype=np.int64)
+    src = pstart[:, None] + np.minimum(j[None, :], plen[:, None] - 1)
+    xs = x[src]
+    ws = np.where(j[None, :] < plen[:, None], w[src], 1)
+    if integer:
+        xs = xs.astype(np.int64)
+        lo = x[pstart].astype(np.int64)
+        hi = x[pstart + plen - 1].astype(np.int64)
+        xc = (xs - ((lo + hi) // 2)[:, None]).astype(np.float64)
+        unit = np.ones(R)
+    else:
+        # centred and scaled to unit variance: costs come back in the row's units times ``unit``
+        xs = xs.astype(np.float64)
+        wf = ws.astype(np.float64)
+        mu = (wf * xs).sum(axis=1) / wf.sum(axis=1)
+        xc = xs - mu[:, None]
+        sd = np.sqrt((wf * xc * xc).sum(axis=1) / wf.sum(axis=1))
+        sd[~(sd > 0)] = 1.0
+        xc /= sd[:, None]
+        unit = sd * sd
+    wf = ws.astype(np.float64)
+    P3 = np.zeros((3, R, M + 1))
+    np.cumsum(wf, axis=1, out=P3[0, :, 1:])
+    np.cumsum(wf * xc, axis=1, out=P3[1, :, 1:])
+    np.cumsum(wf * xc * xc, axis=1, out=P3[2, :, 1:])
+    # tail cost per end point t
+    tl = np.full((R, M + 1), np.inf)
+    if tail[0] == "exact":
+        tl[np.arange(R), plen] = 0.0
+    else:
+        _, csum, lptr = tail
+        t = np.arange(M + 1)[None, :]
+        ok = t <= plen[:, None]
+        g = lptr[ids][:, None] + np.minimum(t, plen[:, None])
+        end = lptr[ids + 1][:, None]
+        tl[ok] = (csum[end] - csum[g])[ok]
+    if M <= _DENSE_MAX:
+        A, F, T = _dense(P3, K, integer, tl, plen, unit)
+    else:
+        A, F, T = _dc(P3, K, integer, tl, plen, unit)
+    return {"idx": idx, "A": A, "F": F, "T": T}
+
+
+def _seg_cost(dW, dS1, dS2, integer):
+    """Cost of segments from their sums (new array)."""
+    if integer:
+        c = dS1 / dW
+        c += 0.5
+        np.floor(c, out=c)
+        t = c * dW
+        t -= dS1
+        t -= dS1
+        t *= c
+        t += dS2  # dS2 - 2 c dS1 + c^2 dW
+        return t
+    t = dS1 * dS1
+    t /= dW
+    np.subtract(dS2, t, out=t)
+    return t
+
+
+def _layer_tail(E, tl, q, F, T):
+    """F[:, q], T[:, q] = min / leftmost argmin over t of E_q(t) + tail(t)."""
+    b = E.shape[1]
+    v = E + tl[:, q:q + b]
+    u = np.argmin(v, axis=1)
+    F[:, q] = v[np.arange(len(v)), u]
+    T[:, q] = u + q
+
+
+def _dense(P3, K, integer, tl, plen, unit):
+    """Dense layered DP over segment lengths with Knuth's window (see module doc).
+
+    Candidates are int64 keys ``cost * 1024 + (1023 - d)``: one ``np.minimum`` keeps the best
+    value and, among equal values, the longest last segment (the leftmost split). Integer costs
+    are used as they are (exact); float costs are fixed point, ``2**40`` units for the row's
+    total (one-cluster) cost, so a chosen solution is within ``K * 2**-40`` of the optimum,
+    relative to that total: below float64's own noise on these sums.
+    """
+    _, R, M1 = P3.shape
+    b = M1 - K
+    Q = np.ascontiguousarray(P3.transpose(0, 2, 1))  # (3, M+1, R): rows innermost
+    if integer:
+        scale = np.ones(R)
+    else:
+        tot = _seg_cost(Q[0, -1] - Q[0, 0], Q[1, -1] - Q[1, 0], Q[2, -1] - Q[2, 0], False)
+        scale = float(1 << 40) / np.maximum(tot, 1.0)  # tot ~ W: the points have unit variance
+    C = np.empty((b, M1, R), np.int64)
+    for d in range(1, b + 1):
+        cst = _seg_cost(Q[0, d:] - Q[0, :-d], Q[1, d:] - Q[1, :-d], Q[2, d:] - Q[2, :-d], integer)
+        if not integer:
+            np.maximum(cst, 0.0, out=cst)
+            cst *= scale
+            np.rint(cst, out=cst)
+        key = C[d - 1, d:]
+        key[...] = cst
+        key <<= 10
+        key += 1023 - d
+    A = np.empty((K, R, b), np.int32)
+    A[0] = np.arange(1, b + 1, dtype=np.int32)
+    F = np.full((R, K + 1), np.inf)
+    T = np.zeros((R, K + 1), np.int64)
+    F[:, 0] = tl[:, 0]
+    ar = np.arange(b)
+    E = C[ar, ar + 1] & ~1023  # (b, R): E_1(t = u + 1) = cost(0, t), in key units
+    _layer_tail((E >> 10).T * (unit / scale)[:, None], tl, 1, F, T)
+    big = np.iinfo(np.int64).max
+    acc = np.empty((b, R), np.int64)
+    tmp = np.empty((b, R), np.int64)
+    W = b
+    for q in range(2, K + 1):
+        acc.fill(big)
+        for d in range(1, W + 1):
+            n = b - d + 1
+            cand = tmp[:n]
+            np.add(E[:n], C[d - 1, q + d - 1:q + b], out=cand)
+            a = acc[d - 1:]
+            np.minimum(a, cand, out=a)
+        Aq = A[q - 1]
+        np.subtract(1023, (acc & 1023).T, out=Aq, casting="unsafe")
+        E = acc & ~1023
+        _layer_tail((E >> 10).T * (unit / scale)[:, None], tl, q, F, T)
+        # Knuth: opt_{q+1}(t) >= opt_q(t), i.e. d_{q+1}(t) <= d_q(t) (+1 past the band's end);
+        # only real end points (t <= m) count.
+        valid = ar[None, :] <= (plen - q)[:, None]
+        W = min(b, int(np.where(valid, Aq, 0).max()) + 1)
+    return A, F, T
+
+
+def _dc_levels(b, leaf):
+    """Divide-and-conquer tree over band positions 0..b-1.
+
+    Returns the internal levels, each ``(u, left, right)``: the positions solved at that level
+    and the positions whose optima bound their candidates (-1: the band's edge), and the leaves
+    ``(lo, hi, left, right)``: runs of at most ``leaf`` positions solved together, bounded by the
+    optima of ``left`` and ``right``.
+    """
+    lo = np.array([0])
+    hi = np.array([b - 1])
+    ln = np.array([-1])
+    rn = np.array([-1])
+    out = []
+    leaves = []
+    while len(lo):
+        small = hi - lo + 1 <= leaf
+        leaves.append((lo[small], hi[small], ln[small], rn[small]))
+        lo, hi, ln, rn = lo[~small], hi[~small], ln[~small], rn[~small]
+        if not len(lo):
+            break
+        mid = (lo + hi) >> 1
+        out.append((mid, ln, rn))
+        lo, hi, ln, rn = (np.concatenate([lo, mid + 1]), np.concatenate([mid - 1, hi]),
+                          np.concatenate([ln, mid]), np.concatenate([mid, rn]))
+    leaves = tuple(np.concatenate(c) for c in zip(*leaves))
+    return out, leaves
+
+
+def _seg_argmin(vals, starts, counts):
+    mins = np.minimum.reduceat(vals, starts)
+    nz = np.flatnonzero(vals == np.repeat(mins, counts))
+    first = nz[np.searchsorted(nz, starts)]
+    return mins, first - starts
+
+
+def _dc_eval(srcv, lo, hi, tv, integer):
+    """Minimum over s in [lo, hi] (flat source indices) of E(s) + cost(s, t) per node, with the
+    leftmost argmin. ``srcv`` packs (E, W, S1, S2) per source; ``tv`` (P, 3) the t-side sums."""
+    P = len(lo)
+    best = np.empty(P)
+    arg = np.empty(P, np.int64)
+    cnt = hi - lo + 1
+    cum = np.cumsum(cnt)
+    # split nodes into groups of about _CAND_CHUNK candidates; a node bigger than that is cut
+    # into pieces whose results are merged (leftmost wins ties)
+    big = np.flatnonzero(cnt > _CAND_CHUNK)
+    if len(big):
+        npieces = (cnt + _CAND_CHUNK - 1) // _CAND_CHUNK
+        pn = np.repeat(np.arange(P), npieces)
+        pk = _ranges(np.zeros(P, np.int64), npieces)
+        plo = lo[pn] + pk * _CAND_CHUNK
+        phi = np.minimum(plo + _CAND_CHUNK - 1, hi[pn])
+        pb, pa = _dc_eval(srcv, plo, phi, tv[pn], integer)
+        pst = np.zeros(P, np.int64)
+        np.cumsum(npieces[:-1], out=pst[1:])
+        mins, a = _seg_argmin(pb, pst, npieces)
+        return mins, pa[pst + a]
+    gstart = 0
+    while gstart < P:
+        base = cum[gstart - 1] if gstart else 0
+        gend = int(np.searchsorted(cum, base + _CAND_CHUNK, side="right"))
+        gend = max(gend, gstart + 1)
+        sl = slice(gstart, gend)
+        c = cnt[sl]
+        st = np.zeros(len(c), np.int64)
+        np.cumsum(c[:-1], out=st[1:])
+        nc = int(st[-1] + c[-1])
+        gs = np.repeat(lo[sl] - st, c)
+        gs += np.arange(nc)
+        v = np.take(srcv, gs).view(np.float64).reshape(nc, 4)
+        t = tv[sl]
+        tot = _seg_cost(np.repeat(t[:, 0], c) - v[:, 1], np.repeat(t[:, 1], c) - v[:, 2],
+                        np.repeat(t[:, 2], c) - v[:, 3], integer)
+        tot += v[:, 0]
+        mn, am = _seg_argmin(tot, st, c)
+        best[sl] = mn
+        arg[sl] = lo[sl] + am
+        gstart = gend
+    return best, arg
+
+
+def _dc(P3, K, integer, tl, plen, unit):
+    """Layered DP by divide and conquer on the monotone optimal split (see module doc).
+
+    The recursion stops at runs of ``_LEAF`` positions, whose common candidate range (between
+    their neighbours' optima) is evaluated as one padded block: few candidates per position
+    without per-position bookkeeping.
+    """
+    _, R, M1 = P3.shape
+    b = M1 - K
+    Nb = R * b
+    rb = (np.arange(R, dtype=np.int64) * b)[:, None]
+    tree, (llo, lhi, lln, lrn) = _dc_levels(b, _LEAF)
+    levels = []
+    for u, ln, rn in tree:
+        gu = (rb + u).ravel()
+        gl = np.where(ln >= 0, rb + ln, Nb).ravel()  # sentinel Nb: no left bound
+        gr = np.where(rn >= 0, rb + rn, Nb + 1).ravel()  # sentinel Nb+1: no right bound
+        gk = (rb + np.minimum(u + 1, b - 1)).ravel()
+        rowb = np.broadcast_to(rb, (R, len(u))).ravel()
+        levels.append((gu, gl, gr, gk, rowb))
+    # leaves: positions (padded to _LEAF by repeating the last), bounds, Knuth index of the first
+    Lu = (rb[:, :, None] + np.minimum(llo[:, None] + np.arange(_LEAF), lhi[:, None])).reshape(-1, _LEAF)
+    Lgl = np.where(lln >= 0, rb + lln, Nb).ravel()
+    Lgr = np.where(lrn >= 0, rb + lrn, Nb + 1).ravel()
+    Lgk = (rb + np.minimum(llo + 1, b - 1)).ravel()
+    Lrow = np.broadcast_to(rb, (R, len(llo))).ravel()
+    Lhi = (rb + lhi).ravel()
+    A = np.empty((K, R, b), np.int32)
+    A[0] = np.arange(1, b + 1, dtype=np.int32)
+    F = np.full((R, K + 1), np.inf)
+    T = np.zeros((R, K + 1), np.int64)
+    F[:, 0] = tl[:, 0]
+    d = P3[:, :, 1:b + 1] - P3[:, :, :1]
+    E = _seg_cost(d[0], d[1], d[2], integer).ravel()
+    _layer_tail(E.reshape(R, b) * unit[:, None], tl, 1, F, T)
+    src = np.empty((Nb, 4))
+    srcv = src.view(np.dtype((np.void, 32))).ravel()
+    Oprev = np.empty(Nb + 2, np.int64)
+    Oprev[:Nb] = np.repeat(rb.ravel(), b)  # layer 1: s = 0, at source position 0 of the row
+    On = np.empty(Nb + 2, np.int64)
+    uu = np.tile(np.arange(b, dtype=np.int64), R)
+    for q in range(2, K + 1):
+        src[:, 0] = E
+        for c in range(3):
+            src[:, c + 1] = P3[c, :, q - 1:q - 1 + b].ravel()
+        T3 = np.stack([P3[c, :, q:q + b].ravel() for c in range(3)], axis=1)
+        Enew = np.empty(Nb)
+        On[Nb] = -1
+        On[Nb + 1] = np.iinfo(np.int64).max
+        for gu, gl, gr, gk, rowb in levels:
+            lo = np.maximum(On[gl], Oprev[gk] - 1)  # Knuth: s >= opt_{q-1}(t)
+            np.maximum(lo, rowb, out=lo)
+            hi = np.minimum(On[gr], gu)  # s <= t - 1
+            np.minimum(lo, hi, out=lo)
+            best, arg = _dc_eval(srcv, lo, hi, np.take(T3, gu, axis=0), integer)
+            On[gu] = arg
+            Enew[gu] = best
+        lo = np.maximum(On[Lgl], Oprev[Lgk] - 1)
+        np.maximum(lo, Lrow, out=lo)
+        hi = np.minimum(On[Lgr], Lhi)
+        np.minimum(lo, hi, out=lo)
+        _dc_leaves(srcv, T3, lo, hi, Lu, integer, On, Enew)
+        E = Enew
+        # segment length d = t - s = u - v + 1 with v = On - row base
+        A[q - 1] = (uu - (On[:Nb] - np.repeat(rb.ravel(), b)) + 1).reshape(R, b)
+        _layer_tail(E.reshape(R, b) * unit[:, None], tl, q, F, T)
+        Oprev, On = On, Oprev
+    return A, F, T
+
+
+def _dc_leaves(srcv, T3, lo, hi, U, integer, On, Enew):
+    """Solve leaf runs: positions ``U`` (L x _LEAF, flat band indices) share the candidate range
+    [lo, hi] (flat source indices, same row), restricted per position to s <= t - 1."""
+    width = hi - lo + 1
+    wide = width > _LEAF_WIDTH
+    if wide.any():  # rare: wide ranges go through the ragged evaluation, position by position
+        w = np.flatnonzero(wide)
+        uw = U[w].ravel()
+        lw = np.repeat(lo[w], U.shape[1])
+        hw = np.minimum(np.repeat(hi[w], U.shape[1]), uw)
+        best, arg = _dc_eval(srcv, np.minimum(lw, hw), hw, np.take(T3, uw, axis=0), integer)
+        On[uw] = arg
+        Enew[uw] = best
+        keep = np.flatnonzero(~wide)
+        lo, hi, U, width = lo[keep], hi[keep], U[keep], width[keep]
+    if not len(lo):
+        return
+    # padded blocks by width class (2, 4, ..., _LEAF_WIDTH), so that padding at most doubles
+    wcls = np.maximum(width - 1, 1)
+    wcls = np.frexp(wcls.astype(np.float64))[1]  # bit length of width - 1
+    order = np.argsort(wcls, kind="stable")
+    bounds = np.searchsorted(wcls[order], np.arange(1, wcls.max() + 2))
+    for c in range(len(bounds) - 1):
+        sel = order[bounds[c]:bounds[c + 1]]
+        if len(sel):
+            _dc_leaf_block(srcv, T3, lo[sel], hi[sel], U[sel], 1 << (c + 1), integer, On, Enew)
+
+
+def _dc_leaf_block(srcv, T3, lo, hi, U, Wp, integer, On, Enew):
+    step = max(1, _CAND_CHUNK // (U.shape[1] * Wp))
+    J = np.arange(Wp)
+    for i in range(0, len(lo), step):
+        sl = slice(i, i + step)
+        S = np.minimum(lo[sl, None] + J, hi[sl, None])  # (L, Wp) candidates, clamped
+        u = U[sl]  # (L, LEAF)
+        V = np.take(srcv, S).view(np.float64).reshape(S.shape + (4,))
+        Tv = np.take(T3, u, axis=0)  # (L, LEAF, 3)
+        with np.errstate(divide="ignore", invalid="ignore"):  # s >= t: masked just below
+            tot = _seg_cost(Tv[:, :, None, 0] - V[:, None, :, 1], Tv[:, :, None, 1] - V[:, None, :, 2],
+                            Tv[:, :, None, 2] - V[:, None, :, 3], integer)
+        tot += V[:, None, :, 0]
+        tot[S[:, None, :] > u[:, :, None]] = np.inf  # s <= t - 1
+        a = np.argmin(tot, axis=2)  # leftmost
+        On[u] = np.take_along_axis(S, a, axis=1)
+        Enew[u] = np.take_along_axis(tot, a[:, :, None], axis=2)[:, :, 0]
+
+
+def _backtrack(A, q, t, K):
+    """Cluster starts from the optimal segment lengths ``A`` (K x R x b): row r has q[r]
+    clusters ending at t[r]; returns (R, K+1) local starts, -1 where unused."""
+    R = len(q)
+    out = np.full((R, K + 1), -1, np.int64)
+    t = np.asarray(t, np.int64).copy()
+    q = np.asarray(q, np.int64)
+    for layer in range(K, 0, -1):
+        r = np.flatnonzero(q >= layer)
+        if not len(r):
+            continue
+        d = A[layer - 1, r, t[r] - layer]
+        s = t[r] - d
+        out[r, layer - 1] = s
+        t[r] = s
+    return out
+
+
+# ----------------------------------------------------------------------------- kmeans method
+
+
+def _kmeans_rows(a, k, integer, zero_fixed, init, seed):
+    from scipy.cluster.vq import kmeans2
+
+    out = a.copy() if integer else a.astype(np.float64, copy=True)
+    for r in range(a.shape[0]):
+        x = a[r].astype(np.float64)
+        u = np.unique(x)
+        if len(u) <= k:
+            continue
+        rng = np.random.default_rng(seed)
+        if init == "kmeans++":
+            start, minit = k, "++"
+        elif init == "linear":
+            start, minit = np.linspace(u[0], u[-1], k), "matrix"
+        elif init == "density":
+            start, minit = np.quantile(x, (np.arange(k) + 0.5) / k), "matrix"
+        else:  # random: k values drawn uniformly between min and max (TFMOT's RANDOM)
+            start, minit = np.sort(rng.uniform(u[0], u[-1], k)), "matrix"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # empty clusters: dropped below
+            cen, lab = kmeans2(x, start, minit=minit, rng=rng, check_finite=False)
+        cen = np.asarray(cen, np.float64).ravel()
+        cen = cen[np.unique(lab)]
+        if integer:
+            cen = np.floor(cen + 0.5)
+        if zero_fixed and np.any(x == 0):
+            cen[np.argmin(np.abs(cen))] = 0.0
+        cen = np.unique(cen)
+        out[r] = _nearest(x, cen).astype(out.dtype, copy=False)
+    return out
+
+
+def _nearest(x, cen):
+    """Nearest centroid of each value (``cen`` sorted, distinct); a tie goes to the lower one."""
+    if len(cen) == 1:
+        return np.full_like(x, cen[0])
+    mids = (cen[1:] + cen[:-1]) / 2
+    return cen[np.searchsorted(mids, x, side="left")]
