@@ -182,8 +182,10 @@ def resolve_all(info: tfl.ModelInfo, config: ClusterConfig):
     return resolved, unmatched
 
 
-def _cluster_tensor(stored, w: tfl.WeightTensor, s: Settings, config: ClusterConfig):
-    """Cluster one weight; returns (new stored array, note)."""
+def _cluster_tensor(stored, w: tfl.WeightTensor, s: Settings, config: ClusterConfig, snap=None):
+    """Cluster one weight; returns (new stored array, note). ``snap``: kernel (default
+    :func:`kmeans.snap_rows`)."""
+    snap = snap or kmeans.snap_rows
     space = effective_space(s.space, w.dtype)
     note = None
     if w.sparse:
@@ -198,15 +200,15 @@ def _cluster_tensor(stored, w: tfl.WeightTensor, s: Settings, config: ClusterCon
                                                 "different layouts); use granularity tensor")
     rows = make_rows(stored.shape, granularity, axis, s.group_size or config.group_size)
     values = to_space(stored, w.dtype, w.quantization, space)
-    blocks = [kmeans.snap_rows(block, s.k, method=s.method.value, integer=space == Space.INT8,
-                               zero_fixed=s.preserve_sparsity, init=s.init.value, seed=config.seed)
+    blocks = [snap(block, s.k, method=s.method.value, integer=space == Space.INT8,
+                   zero_fixed=s.preserve_sparsity, init=s.init.value, seed=config.seed)
               for block in rows.split(values)]
     snapped = rows.join(blocks)
     return from_space(snapped, w.dtype, w.quantization, space), note
 
 
 def cluster_weight(data, w: tfl.WeightTensor, settings: Settings,
-                   config: ClusterConfig | None = None) -> np.ndarray:
+                   config: ClusterConfig | None = None, *, snap=None) -> np.ndarray:
     """One weight of ``data`` clustered with resolved ``settings``, as :func:`cluster` would do it.
 
     Returns the new stored array (the weight's dtype and shape; flat for sparse weights), the
@@ -214,6 +216,8 @@ def cluster_weight(data, w: tfl.WeightTensor, settings: Settings,
     (``config`` gives the global seed and group size). For callers that try many settings on
     one weight without re-running the pipeline (the automatic search). Raises
     :class:`UnsupportedModelError` when ``cluster`` would skip the weight, naming the reason.
+    ``snap`` replaces the kernel :func:`kmeans.snap_rows` (same signature), e.g. with a fast
+    estimate; the result is then not what ``cluster`` writes.
     """
     config = config or ClusterConfig()
     reason = skip_reason(w, settings, [])
@@ -222,11 +226,17 @@ def cluster_weight(data, w: tfl.WeightTensor, settings: Settings,
     stored = tfl.read_array(data, w)
     if w.dtype in ("float32", "float16") and not np.all(np.isfinite(stored)):
         raise InvalidModelError(w.name, "has NaN or Inf weights; cannot cluster it")
-    return _cluster_tensor(stored, w, settings, config)[0]
+    return _cluster_tensor(stored, w, settings, config, snap)[0]
 
 
-def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | None = None) -> ClusterResult:
-    """Cluster the weights of ``model`` (a path or the model's bytes) under ``config``."""
+def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | None = None,
+            precomputed=None) -> ClusterResult:
+    """Cluster the weights of ``model`` (a path or the model's bytes) under ``config``.
+
+    ``precomputed``: optional mapping buffer index -> the weight's new stored array, made by
+    :func:`cluster_weight` under the settings ``config`` resolves for it (the automatic search
+    passes what it already computed); used instead of clustering that weight again.
+    """
     start = time.perf_counter()
     config = config or ClusterConfig()
     data, label = open_model(model)
@@ -254,7 +264,10 @@ def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | 
                                         **common))
             continue
         try:
-            new, note = _cluster_tensor(stored, w, s, config)
+            if precomputed is not None and w.buffer in precomputed and not w.sparse:
+                new, note = precomputed[w.buffer], None
+            else:
+                new, note = _cluster_tensor(stored, w, s, config)
         except UnsupportedModelError as exc:
             reports.append(TensorReport(clusters=None, granularity=None, space=None, method=None,
                                         unique_after=before, mse=None, sqnr_db=None,
