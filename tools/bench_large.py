@@ -1,0 +1,102 @@
+"""Whole-CLI benchmark on large models (run by hand, not by pytest).
+
+Builds float32 fully-connected chains with the project's builder (tools/model_builder.py) and
+times ``tflite-cluster cluster MODEL -o OUT`` in a fresh process, reporting wall time and the
+child's peak RSS against the file size:
+
+    python tools/bench_large.py                       # 1 GB inline model
+    python tools/bench_large.py --gb 2.3 --external   # > 2 GB, data after the FlatBuffer
+    python tools/bench_large.py --gb 0.25 --run       # also run both models under LiteRT
+
+Each run checks the output: same length, at most k distinct values in every output channel of
+every weight (all channels are checked), and with ``--run`` LiteRT loads both models and the
+output SQNR is printed. Models are written to --dir (default: a temporary folder), then deleted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import model_builder as mb  # noqa: E402
+
+from tflite_cluster import model as tfl  # noqa: E402
+from tflite_cluster.quant import distinct_values  # noqa: E402
+
+WIDTH = 4096  # each layer: WIDTH x WIDTH float32 = 64 MiB
+
+
+def build(gb: float, external: bool, seed: int = 0) -> bytes:
+    layers = max(1, round(gb * 2**30 / (WIDTH * WIDTH * 4)))
+    rng = np.random.default_rng(seed)
+    fcs = [mb.FullyConnected((rng.standard_normal((WIDTH, WIDTH), dtype=np.float32) / 64).astype(np.float32),
+                             np.zeros(WIDTH, np.float32), name=f"fc{i}") for i in range(layers)]
+    return mb.sequential_model(fcs, [1, WIDTH], "float32", description="tflite-cluster large benchmark",
+                               external_buffers=external)
+
+
+def check(src: Path, out: Path, k: int) -> str:
+    a = tfl.parse(np.memmap(src, mode="r"))
+    data = np.memmap(out, mode="r")
+    b = tfl.parse(data)
+    assert a.size == b.size, "length changed"
+    worst = 0
+    for w in b.weights:
+        x = tfl.read_array(data, w)
+        rows = x.reshape(x.shape[0], -1)
+        worst = max(worst, max(len(distinct_values(r)) for r in rows))
+    assert worst <= k, f"a channel holds {worst} > {k} values"
+    return f"ok: {len(b.weights)} weights, at most {worst} values per channel"
+
+
+def run_litert(src: Path, out: Path) -> str:
+    from tflite_cluster.compare import compare
+    r = compare(str(src), str(out), samples=2)
+    return f"LiteRT output SQNR {r.min_sqnr_db:.1f} dB"
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--gb", type=float, default=1.0)
+    ap.add_argument("--external", action="store_true", help="store weights after the FlatBuffer")
+    ap.add_argument("-k", type=int, default=16)
+    ap.add_argument("--granularity", default="channel")
+    ap.add_argument("--run", action="store_true", help="also run both models under LiteRT")
+    ap.add_argument("--dir", help="where to write the models (default: a temporary folder)")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+        src, out = Path(tmp) / "large.tflite", Path(tmp) / "large_k.tflite"
+        t = time.perf_counter()
+        src.write_bytes(build(args.gb, args.external))
+        size = src.stat().st_size
+        print(f"built {size / 2**30:.2f} GiB model ({'external' if args.external else 'inline'} buffers) "
+              f"in {time.perf_counter() - t:.1f} s")
+        cmd = [sys.executable, "-m", "tflite_cluster", "cluster", str(src), "-o", str(out), "-q",
+               "-k", str(args.k), "--granularity", args.granularity]
+        t = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        wall = time.perf_counter() - t
+        rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+        if proc.returncode != 0:
+            print(proc.stderr)
+            return 1
+        print(f"cluster -k {args.k} --granularity {args.granularity}: {wall:.1f} s wall, peak RSS "
+              f"{rss / 2**30:.2f} GiB = {rss / size:.2f}x the file")
+        print(check(src, out, args.k))
+        if args.run:
+            print(run_litert(src, out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
