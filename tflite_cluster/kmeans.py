@@ -19,20 +19,22 @@ so the leftmost optimal split ``s`` is monotone in ``t`` and in ``q`` (Knuth: ``
 opt_q(t)``). Two kernels use that, both vectorised across rows (rows are grouped by size, padded
 and solved together):
 
-* dense (rows of at most ``_DENSE_MAX`` distinct values: every int8 row): for each layer the
-  candidates are swept by segment length ``d = t - s`` as whole-array operations; Knuth's bound
-  limits ``d`` to the largest last-cluster length of the previous layer. Cost table
-  ``b x R x (M+1)`` per chunk of ``R`` rows (``b = M - k + 1``), int32 when the integer costs of
-  the chunk provably fit, float64 otherwise; chunks are sized to keep it under ~32 MB.
+* dense (rows of at most ``_DENSE_MAX`` distinct values: every int8 row): the candidates of a
+  layer are swept by segment length ``d = t - s`` as whole-array operations over a chunk of
+  rows; Knuth's bound limits ``d`` to the longest last cluster of the previous layer. The table
+  of segment "gains" (``dS2 - cost``) is ``b x (M+1) x R`` int64 keys per chunk of ``R`` rows
+  (``b = M - k + 1``), value and ``d`` packed so that one ``np.minimum`` does min and argmin;
+  chunks are sized to keep it under ~32 MB. Integer sums are exact; float ones are fixed point
+  at ``2**-40`` of the row's total cost. ``O(k b M)`` per row.
 * divide and conquer (bigger rows): ``opt`` is monotone in ``t``, so each layer is solved by the
-  classic divide-and-conquer optimisation, ``O(n log n)`` per layer, run level by level: all
-  pending intervals of one recursion level (of all rows) are evaluated at once from flattened
-  candidate ranges (``np.repeat`` + ``np.minimum.reduceat``), intervals are bounded by their
-  tree neighbours' optima and by Knuth's bound. ``O(k n log n)`` time.
+  classic divide-and-conquer optimisation, run level by level: all pending positions of one
+  recursion level (of all rows) are evaluated at once from flattened candidate ranges
+  (``np.repeat`` + ``np.minimum.reduceat``), bounded by their tree neighbours' optima and by
+  Knuth's bound; runs of ``_LEAF`` positions are finished as padded blocks. ``O(k n log n)``.
 
 Both keep the optimal split of every state for backtracking: an int32 table of ``k x n`` entries
 (``4 k n`` bytes: 64 MB for k=16 and a million distinct values). A problem whose table would
-exceed ``_TABLE_LIMIT`` is refused with :class:`ValueError`.
+exceed ``_TABLE_LIMIT`` (2 GiB) is refused with :class:`ValueError`.
 
 ``zero_fixed`` (preserve sparsity): zero is a centroid and exact zeros stay zero. The zero cluster
 is an interval around 0 in sorted order, so the cost separates into the negatives (a prefix DP
@@ -54,7 +56,7 @@ __all__ = ["INITS", "METHODS", "optimal_sse_bruteforce", "snap_rows", "sse"]
 METHODS = ("optimal", "kmeans")
 INITS = ("linear", "kmeans++", "density", "random")
 
-_DENSE_MAX = 384  # rows with more distinct values go to divide and conquer
+_DENSE_MAX = 512  # rows with more distinct values go to divide and conquer
 _CHUNK_ELEMS = 1 << 22  # entries of a dense chunk's cost table (32 MB in float64)
 _CAND_CHUNK = 1 << 16  # candidates evaluated at once by divide and conquer
 _LEAF = 8  # divide and conquer solves runs of this many positions as one block
@@ -363,17 +365,10 @@ def _side(vals, wts, start, n, K, integer, mirror):
             rows_g = act[ch["idx"]]
             F[rows_g, 1:] = ch["F"][:, 1:]
             T[rows_g, 1:] = ch["T"][:, 1:]
-    pos_of = np.full(R, -1, np.int64)
-    where = {}
-    for ci, ch in enumerate(chunks):
-        rows_g = act[ch["idx"]]
-        pos_of[rows_g] = ci
-        where[ci] = rows_g
-
     def backtrack(q, t):
         out = np.full((R, K + 1), -1, np.int64)
-        for ci, ch in enumerate(chunks):
-            rows_g = where[ci]
+        for ch in chunks:
+            rows_g = act[ch["idx"]]
             out[rows_g] = _backtrack(ch["A"], q[rows_g], t[rows_g], K)
         return out
 
@@ -485,7 +480,7 @@ def _solve_chunk(x, w, pstart, plen, ids, K, integer, tail, allq, idx):
         end = lptr[ids + 1][:, None]
         tl[ok] = (csum[end] - csum[g])[ok]
     if M <= _DENSE_MAX:
-        A, F, T = _dense(P3, K, integer, tl, plen, unit)
+        A, F, T = _dense(P3, K, integer, tl, plen, unit, tail[0] == "exact")
     else:
         A, F, T = _dc(P3, K, integer, tl, plen, unit)
     return {"idx": idx, "A": A, "F": F, "T": T}
@@ -509,6 +504,22 @@ def _seg_cost(dW, dS1, dS2, integer):
     return t
 
 
+def _seg_gain(dW, dS1, integer):
+    """``dS2 - cost`` of segments (new array): what their centroid saves on the sum of squares."""
+    if integer:
+        c = dS1 / dW
+        c += 0.5
+        np.floor(c, out=c)
+        g = c * dW
+        np.subtract(dS1, g, out=g)
+        g += dS1
+        g *= c  # c (2 dS1 - c dW)
+        return g
+    g = dS1 * dS1
+    g /= dW
+    return g
+
+
 def _layer_tail(E, tl, q, F, T):
     """F[:, q], T[:, q] = min / leftmost argmin over t of E_q(t) + tail(t)."""
     b = E.shape[1]
@@ -518,58 +529,79 @@ def _layer_tail(E, tl, q, F, T):
     T[:, q] = u + q
 
 
-def _dense(P3, K, integer, tl, plen, unit):
+def _dense(P3, K, integer, tl, plen, unit, last_only):
     """Dense layered DP over segment lengths with Knuth's window (see module doc).
 
-    Candidates are int64 keys ``cost * 1024 + (1023 - d)``: one ``np.minimum`` keeps the best
-    value and, among equal values, the longest last segment (the leftmost split). Integer costs
-    are used as they are (exact); float costs are fixed point, ``2**40`` units for the row's
-    total (one-cluster) cost, so a chosen solution is within ``K * 2**-40`` of the optimum,
-    relative to that total: below float64's own noise on these sums.
+    ``E_q(t) = S2(t) + min_d [E_{q-1}(t - d) - S2(t - d) - gain(t - d, t)]`` where ``gain =
+    dS2 - cost`` (what the segment's centroid saves). The table holds int64 keys ``-gain * 1024
+    + (1023 - d)``: one ``np.minimum`` keeps the best value and, among equal values, the longest
+    last segment (the leftmost split). Integer sums are used as they are (exact); float sums are
+    fixed point, ``2**40`` units for the row's total (one-cluster) cost, so a chosen solution is
+    within a few units (``~1e-12`` relative) of the optimum: float64's own noise on these sums.
+    ``last_only``: the last layer is only needed at ``t = m`` (exact cover).
     """
     _, R, M1 = P3.shape
     b = M1 - K
     Q = np.ascontiguousarray(P3.transpose(0, 2, 1))  # (3, M+1, R): rows innermost
     if integer:
         scale = np.ones(R)
+        S2f = Q[2].astype(np.int64)
     else:
         tot = _seg_cost(Q[0, -1] - Q[0, 0], Q[1, -1] - Q[1, 0], Q[2, -1] - Q[2, 0], False)
         scale = float(1 << 40) / np.maximum(tot, 1.0)  # tot ~ W: the points have unit variance
-    C = np.empty((b, M1, R), np.int64)
+        S2f = np.rint(Q[2] * scale).astype(np.int64)
+    S2f <<= 10
+    G = np.empty((b, M1, R), np.int64)
     for d in range(1, b + 1):
-        cst = _seg_cost(Q[0, d:] - Q[0, :-d], Q[1, d:] - Q[1, :-d], Q[2, d:] - Q[2, :-d], integer)
-        if not integer:
-            np.maximum(cst, 0.0, out=cst)
-            cst *= scale
-            np.rint(cst, out=cst)
-        key = C[d - 1, d:]
-        key[...] = cst
-        key <<= 10
-        key += 1023 - d
+        g = _seg_gain(Q[0, d:] - Q[0, :-d], Q[1, d:] - Q[1, :-d], integer)
+        if integer:
+            g *= -1024.0
+        else:
+            g *= -scale
+            np.rint(g, out=g)
+            g *= 1024.0
+        g += 1023 - d
+        G[d - 1, d:] = g
     A = np.empty((K, R, b), np.int32)
     A[0] = np.arange(1, b + 1, dtype=np.int32)
     F = np.full((R, K + 1), np.inf)
     T = np.zeros((R, K + 1), np.int64)
     F[:, 0] = tl[:, 0]
     ar = np.arange(b)
-    E = C[ar, ar + 1] & ~1023  # (b, R): E_1(t = u + 1) = cost(0, t), in key units
-    _layer_tail((E >> 10).T * (unit / scale)[:, None], tl, 1, F, T)
+    to_units = (unit / scale / 1024.0)[:, None]
+    E = (G[ar, ar + 1] & ~1023) + S2f[1:b + 1]  # (b, R): E_1(t = u + 1) = cost(0, t), key units
+    _layer_tail(E.T * to_units, tl, 1, F, T)
     big = np.iinfo(np.int64).max
     acc = np.empty((b, R), np.int64)
     tmp = np.empty((b, R), np.int64)
+    src = np.empty((b, R), np.int64)
     W = b
+    rr = np.arange(R)
     for q in range(2, K + 1):
+        np.subtract(E, S2f[q - 1:q - 1 + b], out=src)
+        if q == K and last_only:  # only t = m: one candidate list per row
+            u = plen - K
+            D = np.arange(1, W + 1)[:, None]
+            us = u[None, :] - D + 1
+            cand = src[np.maximum(us, 0), rr] + G[D - 1, plen[None, :], rr]
+            cand[us < 0] = big
+            best = cand.min(axis=0)
+            A[K - 1, rr, u] = 1023 - (best & 1023)
+            F[:, K] = ((best & ~1023) + S2f[plen, rr]) * to_units[:, 0] + tl[rr, plen]
+            T[:, K] = plen
+            break
         acc.fill(big)
         for d in range(1, W + 1):
             n = b - d + 1
             cand = tmp[:n]
-            np.add(E[:n], C[d - 1, q + d - 1:q + b], out=cand)
+            np.add(src[:n], G[d - 1, q + d - 1:q + b], out=cand)
             a = acc[d - 1:]
             np.minimum(a, cand, out=a)
         Aq = A[q - 1]
         np.subtract(1023, (acc & 1023).T, out=Aq, casting="unsafe")
-        E = acc & ~1023
-        _layer_tail((E >> 10).T * (unit / scale)[:, None], tl, q, F, T)
+        np.bitwise_and(acc, ~1023, out=E)
+        E += S2f[q:q + b]
+        _layer_tail(E.T * to_units, tl, q, F, T)
         # Knuth: opt_{q+1}(t) >= opt_q(t), i.e. d_{q+1}(t) <= d_q(t) (+1 past the band's end);
         # only real end points (t <= m) count.
         valid = ar[None, :] <= (plen - q)[:, None]
@@ -614,7 +646,8 @@ def _seg_argmin(vals, starts, counts):
 
 def _dc_eval(srcv, lo, hi, tv, integer):
     """Minimum over s in [lo, hi] (flat source indices) of E(s) + cost(s, t) per node, with the
-    leftmost argmin. ``srcv`` packs (E, W, S1, S2) per source; ``tv`` (P, 3) the t-side sums."""
+    leftmost argmin. ``srcv`` packs (E - S2, W, S1) per source; ``tv`` (P, 3) the t-side sums
+    (W, S1, S2): ``E(s) + cost(s, t) = (E(s) - S2(s)) - gain(s, t) + S2(t)``."""
     P = len(lo)
     best = np.empty(P)
     arg = np.empty(P, np.int64)
@@ -646,13 +679,12 @@ def _dc_eval(srcv, lo, hi, tv, integer):
         nc = int(st[-1] + c[-1])
         gs = np.repeat(lo[sl] - st, c)
         gs += np.arange(nc)
-        v = np.take(srcv, gs).view(np.float64).reshape(nc, 4)
+        v = np.take(srcv, gs).view(np.float64).reshape(nc, 3)
         t = tv[sl]
-        tot = _seg_cost(np.repeat(t[:, 0], c) - v[:, 1], np.repeat(t[:, 1], c) - v[:, 2],
-                        np.repeat(t[:, 2], c) - v[:, 3], integer)
-        tot += v[:, 0]
+        tot = _seg_gain(np.repeat(t[:, 0], c) - v[:, 1], np.repeat(t[:, 1], c) - v[:, 2], integer)
+        np.subtract(v[:, 0], tot, out=tot)  # E(s) - S2(s) - gain; S2(t) is added per node
         mn, am = _seg_argmin(tot, st, c)
-        best[sl] = mn
+        best[sl] = mn + t[:, 2]
         arg[sl] = lo[sl] + am
         gstart = gend
     return best, arg
@@ -693,15 +725,15 @@ def _dc(P3, K, integer, tl, plen, unit):
     d = P3[:, :, 1:b + 1] - P3[:, :, :1]
     E = _seg_cost(d[0], d[1], d[2], integer).ravel()
     _layer_tail(E.reshape(R, b) * unit[:, None], tl, 1, F, T)
-    src = np.empty((Nb, 4))
-    srcv = src.view(np.dtype((np.void, 32))).ravel()
+    src = np.empty((Nb, 3))
+    srcv = src.view(np.dtype((np.void, 24))).ravel()
     Oprev = np.empty(Nb + 2, np.int64)
     Oprev[:Nb] = np.repeat(rb.ravel(), b)  # layer 1: s = 0, at source position 0 of the row
     On = np.empty(Nb + 2, np.int64)
     uu = np.tile(np.arange(b, dtype=np.int64), R)
     for q in range(2, K + 1):
-        src[:, 0] = E
-        for c in range(3):
+        np.subtract(E, P3[2, :, q - 1:q - 1 + b].ravel(), out=src[:, 0])
+        for c in range(2):
             src[:, c + 1] = P3[c, :, q - 1:q - 1 + b].ravel()
         T3 = np.stack([P3[c, :, q:q + b].ravel() for c in range(3)], axis=1)
         Enew = np.empty(Nb)
@@ -763,16 +795,16 @@ def _dc_leaf_block(srcv, T3, lo, hi, U, Wp, integer, On, Enew):
         sl = slice(i, i + step)
         S = np.minimum(lo[sl, None] + J, hi[sl, None])  # (L, Wp) candidates, clamped
         u = U[sl]  # (L, LEAF)
-        V = np.take(srcv, S).view(np.float64).reshape(S.shape + (4,))
+        V = np.take(srcv, S).view(np.float64).reshape(S.shape + (3,))
         Tv = np.take(T3, u, axis=0)  # (L, LEAF, 3)
         with np.errstate(divide="ignore", invalid="ignore"):  # s >= t: masked just below
-            tot = _seg_cost(Tv[:, :, None, 0] - V[:, None, :, 1], Tv[:, :, None, 1] - V[:, None, :, 2],
-                            Tv[:, :, None, 2] - V[:, None, :, 3], integer)
-        tot += V[:, None, :, 0]
+            tot = _seg_gain(Tv[:, :, None, 0] - V[:, None, :, 1], Tv[:, :, None, 1] - V[:, None, :, 2],
+                            integer)
+        np.subtract(V[:, None, :, 0], tot, out=tot)
         tot[S[:, None, :] > u[:, :, None]] = np.inf  # s <= t - 1
         a = np.argmin(tot, axis=2)  # leftmost
         On[u] = np.take_along_axis(S, a, axis=1)
-        Enew[u] = np.take_along_axis(tot, a[:, :, None], axis=2)[:, :, 0]
+        Enew[u] = np.take_along_axis(tot, a[:, :, None], axis=2)[:, :, 0] + Tv[:, :, 2]
 
 
 def _backtrack(A, q, t, K):
