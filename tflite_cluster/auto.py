@@ -16,12 +16,15 @@ samples on one fresh LiteRT interpreter, and keeps the number of runs near-linea
 number of tensors:
 
 1. Options.  Every candidate tensor (one per buffer; tensors sharing a name are decided together)
-   is clustered once per (granularity, k) of the ladder with the exact kernel
-   (:func:`clustering.cluster_weight`, the bytes ``cluster`` writes).  Options whose bytes do
-   not change are dropped; each keeps its bytes, its squared error on the real weights, and its
-   size under the metric (per-tensor estimate: zlib -9 of the tensor's bytes; the ideal palette;
-   or, for Vela, ``ceil(log2 d)`` bits a weight plus the palette while the tensor has at most 32
-   distinct codes, a byte a weight above that).
+   gets one option per (granularity, k) of the ladder below its most distinct values per row;
+   each keeps its bytes, its squared error on the real weights, and its size under the metric
+   (per-tensor estimate: zlib -9 of the tensor's bytes; the ideal palette; or, for Vela,
+   ``ceil(log2 d)`` bits a weight plus the palette while the tensor has at most 32 distinct
+   codes, a byte a weight above that).  Small tensors and integer codes are clustered with the
+   exact kernel right away (:func:`clustering.cluster_weight`, the bytes ``cluster`` writes);
+   float tensors over :data:`SCREEN_ELEMENTS` elements are first screened with a fast Lloyd
+   estimate, and the exact kernel runs only for the options the search picks.  Large batches
+   run in a process pool (``workers``, default: the usable CPUs, at most 4).
 2. Sensitivity.  Per tensor and granularity, the model with only that tensor clustered at a
    middle rung is run: output noise / weight squared error is that tensor's gain, and the other
    rungs are predicted as gain x their squared error (interpolating between measured rungs).
@@ -53,6 +56,7 @@ Nothing here prints; progress goes to the optional ``progress(done, total, label
 from __future__ import annotations
 
 import math
+import os
 import re
 import time
 import zlib
@@ -66,7 +70,7 @@ from .clustering import ClusterResult, cluster, cluster_weight, load, skip_reaso
 from .compare import Runner, random_inputs
 from .config import MAX_K, ClusterConfig, Granularity, Settings, Space
 from .errors import ConfigError, InvalidModelError, UnsupportedModelError
-from .quant import effective_space, real_values
+from .quant import effective_space, make_rows, real_values, to_space
 
 __all__ = ["AutoConfig", "AutoResult", "PlanEntry", "UniformResult", "auto_plan", "format_auto",
            "DEFAULT_LADDER", "AUTO_METRICS"]
@@ -102,6 +106,8 @@ class AutoConfig:
     * ``samples`` / ``seed``: random calibration samples when no inputs are given.
     * ``max_verify``: end-to-end verification runs of the back-off search.
     * ``refine``: rounds of measuring the chosen options before verifying.
+    * ``workers``: processes for large clustering batches (default: usable CPUs, at most 4;
+      1 = in this process).  ``num_threads``: LiteRT interpreter threads.
     """
 
     min_sqnr_db: float = 30.0
@@ -117,6 +123,7 @@ class AutoConfig:
     refine: int = 2
     uniform_baseline: bool = True
     num_threads: int | None = None
+    workers: int | None = None
 
     def __post_init__(self) -> None:
         t = self.min_sqnr_db
@@ -165,6 +172,9 @@ class AutoConfig:
             v = getattr(self, key)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ConfigError(f"{key}: expected an integer >= {low}, got {v!r}")
+        w = self.workers
+        if w is not None and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+            raise ConfigError(f"workers: expected an integer >= 1, got {w!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed: expected an integer >= 0, got {self.seed!r}")
         if self.metric == "vela":
@@ -178,6 +188,7 @@ class AutoConfig:
                 "granularities": [g.value for g in self.granularities],
                 "samples": self.samples, "seed": self.seed, "max_verify": self.max_verify,
                 "refine": self.refine, "uniform_baseline": self.uniform_baseline,
+                "workers": self.workers,
                 "base": self.base.to_dict()}
 
 
@@ -269,6 +280,7 @@ class AutoResult:
     runs: int  # interpreter runs over all samples
     seconds: float
     warnings: tuple[str, ...]
+    uniform_unverified: int = 0  # uniform settings screened out without a run
 
     @property
     def data(self) -> bytes:
@@ -295,6 +307,7 @@ class AutoResult:
             "size": self.size, "original_size": self.original_size,
             "ratio": self.size / self.original_size if self.original_size else None,
             "uniform": self.uniform.to_dict() if self.uniform else None, "chosen": self.chosen,
+            "uniform_unverified": self.uniform_unverified,
             "inputs": self.inputs, "samples": self.samples, "runs": self.runs,
             "seconds": round(self.seconds, 3), "warnings": list(self.warnings),
             "auto": self.auto.to_dict(), "plan": [p.to_dict() for p in self.plan],
@@ -360,19 +373,32 @@ def _model_size(metric: str, data: bytes, vela_config: str) -> int:
 class _Option:
     granularity: Granularity | None  # None: left alone
     k: int | None
-    changes: dict[int, bytes]  # file offset -> new bytes (every weight of the unit)
+    changes: dict[int, bytes]  # file offset -> new bytes (the weights of the unit that change)
     sse: float  # squared error of the real weight values
     cost: int  # per-tensor size estimate under the metric
+    exact: bool = True  # bytes from the exact kernel (else from the fast screening estimate)
     measured: np.ndarray | None = None  # per-output noise ratio with only this option applied
 
 
-@dataclass
+@dataclass(eq=False)  # identity: units are keys of dicts
 class _Unit:
     weights: list  # WeightTensor, decided together (shared names)
     names: list[str]
     options: list[_Option]  # options[0] is "left alone"
     energy: float  # sum of squared real weight values
     reason: str = ""
+    screened: bool = False  # options start as estimates (large float tensors)
+    anchors: list = field(default_factory=list)  # every measurement: _Anchor
+
+
+@dataclass(frozen=True)
+class _Anchor:
+    """One measurement of a unit: output noise of a clustering with this weight error.
+    Kept when a screening estimate is replaced by the exact option (a gain stays a gain)."""
+
+    granularity: Granularity
+    sse: float
+    measured: np.ndarray
 
 
 def _union_units(weights: Sequence[tfl.WeightTensor]) -> list[list[int]]:
@@ -453,21 +479,246 @@ def _patched(data: bytes, changes: Mapping[int, bytes]) -> bytes:
 
 
 # --------------------------------------------------------------------------------------------
+# Clustering the options: exact kernel, fast screening estimate, optional process pool
+
+
+#: Float weight tensors above this many elements are screened with a fast estimate first; the
+#: exact kernel then runs only for the options the search picks (and uniform settings it checks).
+SCREEN_ELEMENTS = 16384
+#: Below this much kernel work (elements x k, summed over a batch) the batch runs in-process.
+POOL_WORK = 20_000_000
+
+
+def _estimate_rows(rows, k, *, integer=False, iterations=8, **_ignored) -> np.ndarray:
+    """A fast stand-in for :func:`kmeans.snap_rows` used only to screen options: Lloyd
+    iterations from quantile starts, vectorised over rows (one global ``searchsorted``).
+    Close to the optimum, not equal to it; its bytes are never written to a model."""
+    x = np.asarray(rows, dtype=np.float64)
+    r, n = x.shape
+    if n == 0 or r == 0:
+        return x.copy()
+    kk = max(1, min(int(k), n))
+    srt = np.sort(x, axis=1)
+    lo = srt[:, :1]
+    span = srt[:, -1:] - lo
+    span = np.where(span > 0, span, 1.0)
+    c = srt[:, ((np.arange(kk) + 0.5) * n / kk).astype(np.int64)]
+    offs = 2.0 * np.arange(r)[:, None]
+    gx = ((x - lo) / span + offs).ravel()
+    base = np.arange(r)[:, None]
+    labels = None
+    for step in range(iterations + 1):
+        mids = (((c[:, 1:] + c[:, :-1]) / 2 - lo) / span + offs).ravel()
+        labels = np.searchsorted(mids, gx).reshape(r, n) - base * (kk - 1)
+        if step == iterations:
+            break
+        flat = (labels + base * kk).ravel()
+        sums = np.bincount(flat, weights=x.ravel(), minlength=r * kk).reshape(r, kk)
+        counts = np.bincount(flat, minlength=r * kk).reshape(r, kk)
+        c = np.sort(np.where(counts > 0, sums / np.maximum(counts, 1), c), axis=1)
+    out = np.take_along_axis(c, labels, axis=1)
+    return np.floor(out + 0.5) if integer else out
+
+
+def _max_distinct(data, w: tfl.WeightTensor, s: Settings, base: ClusterConfig) -> int:
+    """Most distinct values in one row (tensor, channel or group) under ``s``: a k at least
+    this large leaves the weight exact."""
+    stored = tfl.read_array(data, w)
+    space = effective_space(s.space, w.dtype)
+    if w.sparse or s.granularity == Granularity.TENSOR or w.channel_axis() is None:
+        rows = make_rows(stored.shape, Granularity.TENSOR, None, None)
+    else:
+        rows = make_rows(stored.shape, s.granularity, w.channel_axis(),
+                         s.group_size or base.group_size)
+    values = to_space(stored, w.dtype, w.quantization, space)
+    most = 0
+    for block in rows.split(values):
+        srt = np.sort(block, axis=1)
+        if srt.shape[1]:
+            most = max(most, int(((srt[:, 1:] != srt[:, :-1]).sum(axis=1) + 1).max()))
+    return most
+
+
+def _itemsize(w: tfl.WeightTensor) -> int:
+    try:
+        return w.numpy_dtype.itemsize
+    except UnsupportedModelError:
+        return 1
+
+
+def _settings_for(base: ClusterConfig, g: Granularity, k: int) -> Settings:
+    s = base.global_settings()
+    return replace(s, k=k, granularity=g, min_elements=0)
+
+
+def _compute_option(data, ws, base: ClusterConfig, g: Granularity, k: int, metric: str,
+                    estimate: bool):
+    """One option of a unit: (option or None when nothing changes, reason when impossible)."""
+    changes, sse, cost = {}, 0.0, 0
+    s = _settings_for(base, g, k)
+    for w in ws:
+        o = w.data_offset
+        try:
+            new = cluster_weight(data, w, s, base, snap=_estimate_rows if estimate else None)
+        except UnsupportedModelError as exc:
+            return None, f"{g.value}: {exc.message}"
+        raw = new.tobytes()
+        original = bytes(data[o:o + w.nbytes])
+        if raw != original:
+            changes[o] = raw
+            ref = real_values(tfl.read_array(data, w), w.dtype, w.quantization)
+            err = real_values(new, w.dtype, w.quantization) - ref
+            sse += float(np.sum(err * err))
+        cost += _tensor_cost(metric, raw, _itemsize(w))
+    if not changes:
+        return None, None
+    return _Option(g, k, changes, sse, cost, exact=not estimate), None
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(data: bytes, base: dict, metric: str) -> None:
+    _WORKER.update(data=data, base=ClusterConfig.from_dict(base), metric=metric)
+
+
+def _worker_option(task):
+    ws, g, k, estimate = task
+    return _compute_option(_WORKER["data"], ws, _WORKER["base"], Granularity(g), k,
+                           _WORKER["metric"], estimate)
+
+
+class _Workers:
+    """Computes options, in a process pool (spawned once, on demand) when a batch is large."""
+
+    def __init__(self, data: bytes, base: ClusterConfig, metric: str, workers: int) -> None:
+        self.data, self.base, self.metric, self.workers = data, base, metric, workers
+        self._pool = None
+
+    def run(self, tasks: list, progress: Progress | None = None, label: str = "clustering"):
+        """``tasks``: (weights, granularity, k, estimate); returns their results in order."""
+        work = sum(sum(w.elements for w in ws) * (8 if est else k) for ws, g, k, est in tasks)
+        total = len(tasks)
+        if self.workers <= 1 or total < 2 or work < POOL_WORK:
+            out = []
+            for n, (ws, g, k, est) in enumerate(tasks):
+                if progress:
+                    progress(n, total, f"{label} {ws[0].name} k={k}")
+                out.append(_compute_option(self.data, ws, self.base, g, k, self.metric, est))
+            if progress:
+                progress(total, total, label)
+            return out
+        if self._pool is None:
+            # The platform's default start method, as `cluster --jobs` (fork on Linux: workers
+            # only run numpy and zlib, never LiteRT).
+            from concurrent.futures import ProcessPoolExecutor
+            self._pool = ProcessPoolExecutor(
+                max_workers=self.workers, initializer=_worker_init,
+                initargs=(self.data, self.base.to_dict(), self.metric))
+        order = sorted(range(total), key=lambda i: -sum(w.elements for w in tasks[i][0])
+                       * (8 if tasks[i][3] else tasks[i][2]))
+        futures = {i: self._pool.submit(_worker_option, (tasks[i][0], tasks[i][1].value,
+                                                         tasks[i][2], tasks[i][3]))
+                   for i in order}
+        out = [None] * total
+        for n, i in enumerate(order):
+            if progress:
+                progress(n, total, f"{label} {tasks[i][0][0].name} k={tasks[i][2]}")
+            out[i] = futures[i].result()
+        if progress:
+            progress(total, total, label)
+        return out
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(cancel_futures=True)
+            self._pool = None
+
+
+def _build_units(data: bytes, info: tfl.ModelInfo, config: AutoConfig, workers: _Workers,
+                 progress: Progress | None) -> list[_Unit]:
+    base = config.base
+    units: list[_Unit] = []
+    tasks, owners = [], []
+    for group in _union_units(info.weights):
+        ws = [info.weights[i] for i in group]
+        names = list(dict.fromkeys(nm for w in ws for nm in [w.name] + [a[2] for a in w.aliases]))
+        energy, reason = 0.0, ""
+        for w in ws:
+            why = skip_reason(w, _settings_for(base, config.granularities[0], config.ladder[0]), [])
+            if why is not None:
+                reason = f"not clusterable: {why}"
+                break
+            stored = tfl.read_array(data, w)
+            if w.dtype in ("float32", "float16") and not np.all(np.isfinite(stored)):
+                reason = "not clusterable: NaN or Inf weights"
+                break
+            energy += float(np.sum(real_values(stored, w.dtype, w.quantization) ** 2))
+        if config.metric == "vela" and not reason and any(w.dtype != "int8" for w in ws):
+            reason = "not clusterable for Vela: weights are not int8"
+        cost0 = sum(_tensor_cost(config.metric, bytes(data[w.data_offset:w.data_offset + w.nbytes]),
+                                 _itemsize(w)) for w in ws)
+        unit = _Unit(weights=ws, names=names, options=[_Option(None, None, {}, 0.0, cost0)],
+                     energy=energy, reason=reason)
+        units.append(unit)
+        if reason:
+            continue
+        float_space = any(effective_space(base.space, w.dtype) == Space.FLOAT for w in ws)
+        unit.screened = float_space and sum(w.elements for w in ws) > SCREEN_ELEMENTS
+        for g in config.granularities:
+            try:
+                most = max(_max_distinct(data, w, _settings_for(base, g, 1), base) for w in ws)
+            except UnsupportedModelError:
+                most = None  # no channel axis: the task reports why
+            for k in config.ladder:
+                if most is not None and k >= most:
+                    break  # exact at this k and above
+                tasks.append((ws, g, k, unit.screened))
+                owners.append(unit)
+    for unit, (opt, why) in zip(owners, workers.run(tasks, progress)):
+        if opt is not None:
+            unit.options.append(opt)
+        elif why and not unit.reason:
+            unit.reason = why
+    for unit in units:
+        if len(unit.options) > 1:
+            unit.reason = ""
+        elif not unit.reason:
+            unit.reason = "exact at every k of the ladder"
+    return units
+
+
+def _make_exact(units_options: list[tuple[_Unit, int]], config: AutoConfig, workers: _Workers,
+                progress: Progress | None) -> int:
+    """Replace screening estimates by the exact kernel's options; returns how many changed."""
+    todo = [(u, i) for u, i in dict.fromkeys(units_options) if not u.options[i].exact]
+    if not todo:
+        return 0
+    tasks = [(u.weights, u.options[i].granularity, u.options[i].k, False) for u, i in todo]
+    for (u, i), (opt, _why) in zip(todo, workers.run(tasks, progress, "exact")):
+        old = u.options[i]
+        if opt is None:  # exact at this k after all: the same bytes as leaving it alone
+            opt = _Option(old.granularity, old.k, {}, 0.0, u.options[0].cost, exact=True,
+                          measured=None)
+        u.options[i] = opt
+    return len(todo)
+
+
+# --------------------------------------------------------------------------------------------
 # Prediction and allocation
 
 
 def _predict(unit: _Unit, i: int, n_out: int) -> np.ndarray | None:
-    """Predicted per-output noise ratio of option ``i``: measured, or scaled from the measured
-    option of the same granularity nearest in squared error (log scale)."""
+    """Predicted per-output noise ratio of option ``i``: measured, or scaled from the
+    measurements of the unit (same granularity first) nearest in squared error, interpolating
+    log noise against log squared error between the two around it."""
     opt = unit.options[i]
     if opt.granularity is None:
         return np.zeros(n_out)
     if opt.measured is not None:
         return opt.measured
-    same = [o for o in unit.options if o.measured is not None and o.granularity is not None
-            and o.sse > 0 and o.granularity == opt.granularity]
-    pool = same or [o for o in unit.options if o.measured is not None and o.granularity is not None
-                    and o.sse > 0]
+    same = [a for a in unit.anchors if a.granularity == opt.granularity]
+    pool = same or unit.anchors
     if not pool:
         return None
     lo = [o for o in pool if o.sse <= opt.sse]
@@ -547,11 +798,6 @@ def _allocate(costs: list[np.ndarray], noise: list[np.ndarray], budget: float) -
 # The search
 
 
-def _settings_for(base: ClusterConfig, g: Granularity, k: int) -> Settings:
-    s = base.global_settings()
-    return replace(s, k=k, granularity=g, min_elements=0)
-
-
 def _plan_config(base: ClusterConfig, weights: Sequence[tfl.WeightTensor], units: list[_Unit],
                  choice: Sequence[int]) -> ClusterConfig:
     """The plan as a config: one full-match names rule per weight name, in model order."""
@@ -583,83 +829,6 @@ def _weight_sqnr(energy: float, sse: float) -> float | None:
     return 10 * math.log10(energy / sse) if energy > 0 else -math.inf
 
 
-def _build_units(data: bytes, info: tfl.ModelInfo, config: AutoConfig,
-                 progress: Progress | None) -> list[_Unit]:
-    base = config.base
-    groups = _union_units(info.weights)
-    units: list[_Unit] = []
-    total = len(groups)
-    for n, group in enumerate(groups):
-        ws = [info.weights[i] for i in group]
-        names = list(dict.fromkeys(nm for w in ws for nm in [w.name] + [a[2] for a in w.aliases]))
-        if progress:
-            progress(n, total, f"clustering {ws[0].name}")
-        originals = {w.data_offset: bytes(data[w.data_offset:w.data_offset + w.nbytes]) for w in ws}
-        itemsize = {w.data_offset: _itemsize(w) for w in ws}
-        refs = {}
-        energy = 0.0
-        reason = ""
-        for w in ws:
-            probe = _settings_for(base, config.granularities[0], config.ladder[0])
-            why = skip_reason(w, probe, [])
-            if why is not None:
-                reason = f"not clusterable: {why}"
-                break
-            stored = tfl.read_array(data, w)
-            if w.dtype in ("float32", "float16") and not np.all(np.isfinite(stored)):
-                reason = "not clusterable: NaN or Inf weights"
-                break
-            refs[w.data_offset] = real_values(stored, w.dtype, w.quantization)
-            energy += float(np.sum(refs[w.data_offset] ** 2))
-        if config.metric == "vela" and not reason and any(w.dtype != "int8" for w in ws):
-            reason = "not clusterable for Vela: weights are not int8"
-        cost0 = sum(_tensor_cost(config.metric, originals[o], itemsize[o]) for o in originals)
-        options = [_Option(None, None, {}, 0.0, cost0)]
-        if not reason:
-            for g in config.granularities:
-                for k in config.ladder:
-                    opt, why = _make_option(data, ws, base, g, k, originals, itemsize, refs,
-                                            config.metric)
-                    if opt is not None:
-                        options.append(opt)
-                    elif why and not reason:
-                        reason = why
-            if len(options) == 1 and not reason:
-                reason = "exact at every k of the ladder"
-        units.append(_Unit(weights=ws, names=names, options=options, energy=energy,
-                           reason=reason if len(options) == 1 else ""))
-    if progress:
-        progress(total, total, "clustering")
-    return units
-
-
-def _itemsize(w: tfl.WeightTensor) -> int:
-    try:
-        return w.numpy_dtype.itemsize
-    except UnsupportedModelError:
-        return 1
-
-
-def _make_option(data, ws, base, g, k, originals, itemsize, refs, metric):
-    changes, sse, cost = {}, 0.0, 0
-    s = _settings_for(base, g, k)
-    for w in ws:
-        try:
-            new = cluster_weight(data, w, s, base)
-        except UnsupportedModelError as exc:
-            return None, f"{g.value}: {exc.message}"
-        raw = new.tobytes()
-        o = w.data_offset
-        if raw != originals[o]:
-            changes[o] = raw
-            err = real_values(new, w.dtype, w.quantization) - refs[o]
-            sse += float(np.sum(err * err))
-        cost += _tensor_cost(metric, raw, itemsize[o])
-    if not changes:
-        return None, None
-    return _Option(g, k, changes, sse, cost), None
-
-
 def auto_plan(model, config: AutoConfig | None = None, *, inputs=None,
               progress: Progress | None = None) -> AutoResult:
     """Search per-tensor clustering settings for ``model`` (path or bytes); see the module doc.
@@ -673,19 +842,46 @@ def auto_plan(model, config: AutoConfig | None = None, *, inputs=None,
     data, label = load(model)
     info = tfl.parse(data, label)
     ev = _Evaluator(data, label, inputs, config.samples, config.seed, config.num_threads)
+    workers = _Workers(data, config.base, config.metric, config.workers or _default_workers())
+    try:
+        return _search(data, label, info, config, ev, workers, progress, start)
+    finally:
+        workers.close()
+
+
+def _default_workers() -> int:
+    try:
+        n = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        n = os.cpu_count() or 1
+    return max(1, min(n, 4))
+
+
+def _search(data, label, info, config: AutoConfig, ev: _Evaluator, workers: _Workers,
+            progress: Progress | None, start: float) -> AutoResult:
     warnings = list(ev.warnings)
     n_out = len(ev.ref)
     budget = 10.0 ** (-config.min_sqnr_db / 10.0)
 
-    units = _build_units(data, info, config, progress)
+    # 1. Options.
+    units = _build_units(data, info, config, workers, progress)
     live = [u for u in units if len(u.options) > 1]
     if config.metric == "vela" and not live:
         raise UnsupportedModelError(label, "metric vela: the model has no int8 weight tensor "
                                            "to cluster (Vela sizes full-integer int8 models)")
 
-    def measure(unit: _Unit, i: int) -> None:
-        opt = unit.options[i]
-        opt.measured = ev.noise(_patched(data, opt.changes))
+    def measure_all(pairs: list[tuple[_Unit, int]], what: str) -> None:
+        pairs = [(u, i) for u, i in dict.fromkeys(pairs) if u.options[i].measured is None
+                 and u.options[i].granularity is not None]
+        for n, (u, i) in enumerate(pairs):
+            if progress:
+                progress(n, len(pairs), f"{what} {u.names[0]}")
+            opt = u.options[i]
+            opt.measured = ev.noise(_patched(data, opt.changes)) if opt.changes else np.zeros(n_out)
+            if opt.sse > 0:
+                u.anchors.append(_Anchor(opt.granularity, opt.sse, opt.measured))
+        if progress and pairs:
+            progress(len(pairs), len(pairs), what)
 
     # 2. Sensitivity: one middle rung per unit and granularity.
     todo = []
@@ -694,14 +890,10 @@ def auto_plan(model, config: AutoConfig | None = None, *, inputs=None,
             idx = [i for i, o in enumerate(u.options) if o.granularity == g]
             if idx:
                 todo.append((u, idx[(len(idx) - 1) // 2]))
-    for n, (u, i) in enumerate(todo):
-        if progress:
-            progress(n, len(todo), f"sensitivity {u.names[0]}")
-        measure(u, i)
-    if progress:
-        progress(len(todo), len(todo), "sensitivity")
+    measure_all(todo, "sensitivity")
 
-    costs = [np.array([o.cost for o in u.options], dtype=np.float64) for u in live]
+    def costs() -> list[np.ndarray]:
+        return [np.array([o.cost for o in u.options], dtype=np.float64) for u in live]
 
     def predictions() -> list[np.ndarray]:
         out = []
@@ -709,43 +901,44 @@ def auto_plan(model, config: AutoConfig | None = None, *, inputs=None,
             rows = []
             for i in range(len(u.options)):
                 p = _predict(u, i, n_out)
-                rows.append(np.full(n_out, np.inf) if p is None else p)
+                rows.append(np.full(n_out, _HUGE) if p is None else p)
             # Broken outputs count as a huge finite noise, so sums stay ordered.
             out.append(np.minimum(np.nan_to_num(np.array(rows), nan=_HUGE, posinf=_HUGE), _HUGE))
         return out
 
     def allocate(scale: float) -> list[int]:
-        return _allocate(costs, predictions(), budget * scale)
+        return _allocate(costs(), predictions(), budget * scale)
 
-    # 4. Refinement: measure the chosen options, re-allocate.
+    def exact(ch: Sequence[int]) -> None:
+        _make_exact([(u, i) for u, i in zip(live, ch) if u.options[i].granularity is not None],
+                    config, workers, progress)
+
+    # 4. Refinement: the chosen options exact and measured, then allocate again.
     choice = allocate(1.0)
     for _ in range(config.refine):
+        exact(choice)
         pending = [(u, i) for u, i in zip(live, choice)
                    if u.options[i].granularity is not None and u.options[i].measured is None]
         if not pending:
             break
-        for n, (u, i) in enumerate(pending):
-            if progress:
-                progress(n, len(pending), f"refining {u.names[0]}")
-            measure(u, i)
-        if progress:
-            progress(len(pending), len(pending), "refining")
+        measure_all(pending, "refining")
         choice = allocate(1.0)
 
     # 5. Verification with back-off (bisection on the budget scale).
     tried: dict[tuple[int, ...], np.ndarray] = {}
 
     def verify(ch: Sequence[int]) -> np.ndarray:
+        exact(ch)
         key = tuple(ch)
         if key not in tried:
             changes = {}
             for u, i in zip(live, ch):
                 changes.update(u.options[i].changes)
-            tried[key] = ev.noise(_patched(data, changes))
+            tried[key] = ev.noise(_patched(data, changes)) if changes else np.zeros(n_out)
         return tried[key]
 
     def est_cost(ch: Sequence[int]) -> float:
-        return float(sum(c[i] for c, i in zip(costs, ch)))
+        return float(sum(u.options[i].cost for u, i in zip(live, ch)))
 
     best: tuple[float, list[int], np.ndarray] | None = None
     lo_pass, hi_fail = None, None  # budget scales known to pass / to fail
@@ -787,37 +980,44 @@ def auto_plan(model, config: AutoConfig | None = None, *, inputs=None,
         warnings.append("no clustered plan met the target; every tensor is left alone")
         best = (est_cost(choice), choice, np.zeros(n_out))
     choice = best[1]
-
-    # Measure every chosen option for the report (usually few remain).
-    pending = [(u, i) for u, i in zip(live, choice)
-               if u.options[i].granularity is not None and u.options[i].measured is None]
-    for u, i in pending:
-        measure(u, i)
+    measure_all([(u, i) for u, i in zip(live, choice)], "measuring")  # for the report
 
     # 6. Uniform baseline.
-    uniform = None
-    uniform_choice = None
+    uniform, uniform_choice, unverified = None, None, 0
     if config.uniform_baseline and live:
-        uniform, uniform_choice = _uniform_baseline(data, live, config, ev, budget, verify,
-                                                    costs, progress)
+        uniform, uniform_choice, unverified = _uniform_baseline(
+            data, live, config, budget, verify, est_cost(choice), predictions, exact, progress)
 
-    plan_cfg = _plan_config(config.base, info.weights, units, _full_choice(units, live, choice))
-    result = cluster(data, plan_cfg)
+    def final(ch):
+        cfg = _plan_config(config.base, info.weights, units, _full_choice(units, live, ch))
+        pre = {}
+        for u, i in zip(live, ch):
+            if u.options[i].granularity is None:
+                continue
+            for w in u.weights:
+                raw = u.options[i].changes.get(w.data_offset)
+                pre[w.buffer] = (tfl.read_array(data, w) if raw is None else
+                                 np.frombuffer(raw, dtype=w.numpy_dtype).reshape(w.shape))
+        return cfg, cluster(data, cfg, precomputed=pre)
+
+    plan_cfg, result = final(choice)
     size = _model_size(config.metric, result.data, config.vela_config)
     chosen = "plan"
     if uniform is not None and uniform.size < size:
-        chosen = "uniform"
-        choice = uniform_choice
-        plan_cfg = _plan_config(config.base, info.weights, units, _full_choice(units, live, choice))
-        result = cluster(data, plan_cfg)
+        chosen, choice = "uniform", uniform_choice
+        plan_cfg, result = final(choice)
         size = uniform.size
-        for u, i in zip(live, choice):
-            if u.options[i].granularity is not None and u.options[i].measured is None:
-                measure(u, i)
-    final = ev.noise(result.data)
-    outputs_db = tuple(_db(float(x)) for x in final)
+        measure_all([(u, i) for u, i in zip(live, choice)], "measuring")
+    changes = {}
+    for u, i in zip(live, choice):
+        changes.update(u.options[i].changes)
+    if result.data == _patched(data, changes):
+        final_noise = verify(choice)  # the bytes verified above
+    else:  # pragma: no cover - cluster() with the plan writes the same bytes
+        final_noise = ev.noise(result.data)
+    outputs_db = tuple(_db(float(x)) for x in final_noise)
     sqnr = min(outputs_db) if outputs_db else math.inf
-    if sqnr < config.min_sqnr_db:  # pragma: no cover - the verified bytes are the same
+    if sqnr < config.min_sqnr_db:  # pragma: no cover - only plans that passed are kept
         warnings.append(f"the final model reaches {sqnr:.2f} dB, under the {config.min_sqnr_db:g} "
                         f"dB target")
     original_size = _model_size(config.metric, data, config.vela_config)
@@ -827,7 +1027,8 @@ def auto_plan(model, config: AutoConfig | None = None, *, inputs=None,
                       sqnr_db=sqnr, outputs_sqnr_db=outputs_db, metric=config.metric, size=size,
                       original_size=original_size, uniform=uniform, chosen=chosen,
                       inputs=ev.source, samples=ev.samples, runs=ev.runs,
-                      seconds=time.perf_counter() - start, warnings=tuple(warnings))
+                      seconds=time.perf_counter() - start, warnings=tuple(warnings),
+                      uniform_unverified=unverified)
 
 
 def _full_choice(units: list[_Unit], live: list[_Unit], choice: Sequence[int]) -> list[int]:
@@ -835,13 +1036,18 @@ def _full_choice(units: list[_Unit], live: list[_Unit], choice: Sequence[int]) -
     return [by_id.get(id(u), 0) for u in units]
 
 
-def _uniform_baseline(data, live, config, ev, budget, verify, costs, progress):
-    """Verify one k for every unit (per granularity; also with small tensors left alone);
-    return the passing setting smallest under the metric (measured) and its choice vector."""
+def _uniform_baseline(data, live, config, budget, verify, plan_cost, predictions, exact,
+                      progress):
+    """Verify one k for every unit (per granularity; also with small tensors left alone).
+
+    Returns (the passing setting smallest under the metric, measured; its choice vector; how
+    many settings were not verified).  Settings whose options are still screening estimates
+    are verified only when the estimate is not clearly larger than the plan (10 %) and the
+    predicted noise is not far over budget (6 dB); all others are verified.
+    """
     variants = []
-    min_elements = sorted({0, config.base.min_elements})
     for g in config.granularities:
-        for me in min_elements:
+        for me in sorted({0, config.base.min_elements}):
             for k in config.ladder:
                 ch = []
                 for u in live:
@@ -852,29 +1058,31 @@ def _uniform_baseline(data, live, config, ev, budget, verify, costs, progress):
                                 idx = i
                     ch.append(idx)
                 variants.append((g, me, k, ch))
-    passing = []
-    seen = {}
+    seen, skipped = {}, 0
+    noise = None
     total = len(variants)
     for n, (g, me, k, ch) in enumerate(variants):
         if progress:
             progress(n, total, f"uniform {g.value} k={k}")
+        key = tuple(ch)
+        if key in seen:
+            continue
+        if not all(u.options[i].exact for u, i in zip(live, ch)):
+            noise = noise if noise is not None else predictions()
+            est = float(sum(u.options[i].cost for u, i in zip(live, ch)))
+            predicted = float(np.max(sum(p[i] for p, i in zip(noise, ch))))
+            if est > 1.1 * plan_cost or predicted > 4.0 * budget:
+                skipped += 1
+                continue
         e = verify(ch)
-        if float(np.max(e)) <= budget:
-            key = tuple(ch)
-            if key not in seen:
-                seen[key] = (g, me, k, ch, e)
+        seen[key] = (g, me, k, ch, e) if float(np.max(e)) <= budget else None
     if progress:
         progress(total, total, "uniform")
-    passing = list(seen.values())
+    passing = [v for v in seen.values() if v is not None]
     if not passing:
-        return None, None
+        return None, None, skipped
     if config.metric == "vela":  # one Vela run: the best by estimate
-        g, me, k, ch, e = min(passing, key=lambda p: sum(c[i] for c, i in zip(costs, p[3])))
-        changes = {}
-        for u, i in zip(live, ch):
-            changes.update(u.options[i].changes)
-        size = _model_size("vela", _patched(data, changes), config.vela_config)
-        return UniformResult(k, g.value, me, _db(float(np.max(e))), size), ch
+        passing = [min(passing, key=lambda p: sum(u.options[i].cost for u, i in zip(live, p[3])))]
     best = None
     for g, me, k, ch, e in passing:
         changes = {}
@@ -883,7 +1091,7 @@ def _uniform_baseline(data, live, config, ev, budget, verify, costs, progress):
         size = _model_size(config.metric, _patched(data, changes), config.vela_config)
         if best is None or size < best[0].size:
             best = (UniformResult(k, g.value, me, _db(float(np.max(e))), size), ch)
-    return best
+    return best[0], best[1], skipped
 
 
 def _plan_entries(units: list[_Unit], choice: Sequence[int], n_out: int) -> tuple[PlanEntry, ...]:
@@ -972,8 +1180,13 @@ def format_auto(r: AutoResult) -> str:
                      + (f" (tensors under {u.min_elements:,} elements left alone)"
                         if u.min_elements else "")
                      + f", {_fmt_db(u.sqnr_db)} dB, {u.size:,} B"
-                     + ("; it was smaller, so it is the result" if r.chosen == "uniform" else ""))
+                     + ("; it was smaller, so it is the result" if r.chosen == "uniform" else "")
+                     + (f" ({r.uniform_unverified} estimated clearly larger than the plan or far "
+                        f"below the target were not run)" if r.uniform_unverified else ""))
     else:
-        lines.append("no uniform setting of the ladder meets the target")
+        lines.append("no uniform setting of the ladder meets the target"
+                     + (f" among those verified ({r.uniform_unverified} estimated clearly larger "
+                        f"than the plan or far below the target were not run)"
+                        if r.uniform_unverified else ""))
     lines.append(f"{r.runs} interpreter runs, {r.seconds:.1f} s")
     return "\n".join(lines)
