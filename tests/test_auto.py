@@ -109,6 +109,34 @@ def test_float_model_shrinks_and_plan_is_per_tensor(tmp_path):
     assert strict.sqnr_db >= 40.0 and strict.size >= r.size
 
 
+def test_screening_path_and_process_pool_give_exact_replayable_bytes(tmp_path, monkeypatch):
+    """Large float tensors are screened with the fast estimate and clustered exactly only when
+    picked, in worker processes: the result is still exactly what `cluster --config` writes."""
+    import tflite_cluster.auto as auto
+
+    monkeypatch.setattr(auto, "SCREEN_ELEMENTS", 0)
+    monkeypatch.setattr(auto, "POOL_WORK", 0)
+    data = mb.conv_model("float32")
+    x = calibration((8, 8, 8))
+    r = auto_plan(data, AutoConfig(min_sqnr_db=25.0, workers=2), inputs=[x])
+    assert r.met and r.size < r.original_size
+    assert replay(tmp_path, data, r) == r.data
+
+
+def test_estimate_kernel_is_close_to_optimal():
+    from tflite_cluster import kmeans
+    from tflite_cluster.auto import _estimate_rows
+
+    rows = np.random.default_rng(0).standard_normal((5, 648))
+    for k in (4, 16, 64):
+        est = _estimate_rows(rows, k)
+        opt = kmeans.snap_rows(rows, k)
+        assert all(np.unique(r).size <= k for r in est)
+        sse_est = np.sum((est - rows) ** 2)
+        sse_opt = np.sum((opt - rows) ** 2)
+        assert sse_opt <= sse_est * (1 + 1e-9) and sse_est <= 1.3 * sse_opt
+
+
 def test_shared_buffers_and_subgraphs_replay(tmp_path):
     for i, factory in enumerate((mb.shared_buffer_model, mb.multi_subgraph_model)):
         data = factory()
