@@ -268,7 +268,9 @@ def test_cli_auto_usage_errors(tmp_path, capsys, monkeypatch):
     model.write_bytes(mb.mlp_model("float32"))
     out = str(tmp_path / "o.tflite")
     for argv in (["--min-sqnr", "20"], ["--auto", "-k", "8"], ["--auto", "--ladder", "x"],
-                 ["--auto", "--samples", "0"], ["--save-plan", "p.json"]):
+                 ["--auto", "--samples", "0"], ["--save-plan", "p.json"],
+                 ["--granularities", "tensor"], ["--auto", "--granularities", "channel,bogus"],
+                 ["--auto", "--granularity", "channel", "--granularities", "tensor"]):
         assert main(["cluster", str(model), "-o", out, *argv]) == 2
         _, err = capsys.readouterr()
         assert err.count("\n") == 1

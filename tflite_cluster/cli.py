@@ -123,6 +123,9 @@ def _add_cluster(sub) -> None:
                       help="random calibration samples without --inputs (default 32)")
     auto.add_argument("--ladder", metavar="K,K,...",
                       help="k values to choose from (default 4,8,16,32,64,256; <= 32 for ethos-u)")
+    auto.add_argument("--granularities", metavar="G,G",
+                      help="granularities the search may pick per tensor, e.g. channel,tensor "
+                           "(default tensor for --target ethos-u, else channel)")
     auto.add_argument("--save-plan", metavar="FILE.json",
                       help="write the plan as a config file that cluster --config replays exactly")
     p.set_defaults(run=_run_cluster)
@@ -295,7 +298,8 @@ def _run_cluster(args) -> int:
         return _run_auto(args)
     only_auto = [flag for flag, value in (("--min-sqnr", args.min_sqnr), ("--inputs", args.inputs),
                                           ("--metric", args.metric), ("--samples", args.samples),
-                                          ("--ladder", args.ladder), ("--save-plan", args.save_plan))
+                                          ("--ladder", args.ladder), ("--save-plan", args.save_plan),
+                                          ("--granularities", args.granularities))
                  if value is not None]
     if only_auto:
         raise UsageError(f"{PROG} cluster: {', '.join(only_auto)} need(s) --auto")
@@ -389,8 +393,13 @@ def _run_auto(args) -> int:
         kwargs["seed"] = args.seed
     if args.ladder is not None:
         kwargs["ladder"] = _parse_ladder(args.ladder)
+    if args.granularity is not None and args.granularities is not None:
+        raise UsageError(f"{PROG} cluster: give --granularity or --granularities, not both")
     if args.granularity is not None:
         kwargs["granularities"] = (args.granularity,)
+    if args.granularities is not None:
+        kwargs["granularities"] = tuple(g for g in args.granularities.replace(" ", "").split(",")
+                                        if g)
     if args.vela_report:
         kwargs["vela_config"] = args.vela_report
     auto_config = AutoConfig(**kwargs)
