@@ -20,7 +20,7 @@ from . import kmeans, model as tfl
 from .config import ClusterConfig, Granularity, Method, Settings, Space
 from .errors import ConfigError, InvalidModelError, UnsupportedModelError
 from .fileio import Patches, map_file, release_pages, write_atomic
-from .quant import distinct_values, effective_space, from_space, make_rows, real_values, to_space
+from .quant import count_distinct, effective_space, from_space, make_rows, real_values, to_space
 
 Progress = Callable[[int, int, str], None]
 
@@ -143,10 +143,6 @@ def load(model) -> tuple[bytes, str]:
     return bytes(data), label
 
 
-def _unique_count(values: np.ndarray) -> int:
-    return int(distinct_values(values).size)
-
-
 def skip_reason(w: tfl.WeightTensor, s: Settings, applied: list[str]) -> str | None:
     if s.skip:
         return f"skipped by config ({', '.join(applied) or 'global'})"
@@ -253,7 +249,7 @@ def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | 
         if skipped is None and w.dtype in ("float32", "float16") and not np.all(np.isfinite(stored)):
             raise InvalidModelError(label, f"tensor '{w.name}' (subgraph {w.subgraph}, tensor "
                                            f"{w.tensor}) has NaN or Inf weights; cannot cluster it")
-        before = _unique_count(stored)
+        before = count_distinct(stored)
         common = dict(name=w.name, subgraph=w.subgraph, tensor=w.tensor, buffer=w.buffer,
                       op=w.uses[0].op_type, ops=[u.to_dict() for u in w.uses], dtype=w.dtype,
                       shape=list(w.shape), elements=w.elements, unique_before=before, rules=applied,
@@ -284,7 +280,7 @@ def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | 
         reports.append(TensorReport(
             clusters=s.k, granularity=("tensor" if w.sparse else s.granularity.value),
             space=effective_space(s.space, w.dtype).value, method=s.method.value,
-            unique_after=_unique_count(new), mse=sse / max(w.elements, 1), sqnr_db=sqnr,
+            unique_after=count_distinct(new), mse=sse / max(w.elements, 1), sqnr_db=sqnr,
             skipped=None, note=note, **common))
         del stored, new, new_bytes, ref, err
         release_pages(data, w.data_offset, w.nbytes)

@@ -9,7 +9,7 @@ import numpy as np
 from . import model as tfl
 from .clustering import open_model, resolve_all, skip_reason
 from .config import ClusterConfig
-from .quant import distinct_values
+from .quant import count_distinct
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def inspect(model, config: ClusterConfig | None = None) -> Inspection:
             ops=[u.to_dict() for u in w.uses], dtype=w.dtype, shape=list(w.shape),
             elements=w.elements,
             quantization=w.quantization.to_dict() if w.quantization else None,
-            unique=int(distinct_values(stored).size),
+            unique=count_distinct(stored),
             max_unique_per_channel=None if w.sparse else _max_unique_per_channel(stored, w.channel_axis()),
             zeros=float(np.mean(stored == 0)) if stored.size else 0.0, bytes=w.nbytes,
             external=w.external, sparse=w.sparse,

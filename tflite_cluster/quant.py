@@ -28,6 +28,14 @@ def distinct_values(values: np.ndarray) -> np.ndarray:
     return np.unique(values)
 
 
+def count_distinct(values: np.ndarray) -> int:
+    """Number of distinct values; O(n) for 8-bit integers."""
+    values = np.asarray(values)
+    if values.dtype in (np.int8, np.uint8):
+        return int(np.count_nonzero(np.bincount(values.view(np.uint8).ravel(), minlength=256)))
+    return int(distinct_values(values).size)
+
+
 def effective_space(space: Space, dtype: str) -> Space:
     """``auto`` means int8 for integer weights, float otherwise."""
     if space == Space.AUTO:

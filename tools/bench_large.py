@@ -1,12 +1,13 @@
 """Whole-CLI benchmark on large models (run by hand, not by pytest).
 
-Builds float32 fully-connected chains with the project's builder (tools/model_builder.py) and
+Builds float32 (or dynamic-range int8) fully-connected chains with the project's builder (tools/model_builder.py) and
 times ``tflite-cluster cluster MODEL -o OUT`` in a fresh process, reporting wall time and the
 child's peak RSS against the file size:
 
     python tools/bench_large.py                       # 1 GB inline model
     python tools/bench_large.py --gb 2.3 --external   # > 2 GB, data after the FlatBuffer
     python tools/bench_large.py --gb 0.25 --run       # also run both models under LiteRT
+    python tools/bench_large.py --dtype int8 --gb 2.3 --external --granularity tensor
 
 Each run checks the output: same length, at most k distinct values in every output channel of
 every weight (all channels are checked), and with ``--run`` LiteRT loads both models and the
@@ -36,13 +37,29 @@ from tflite_cluster.quant import distinct_values  # noqa: E402
 WIDTH = 4096  # each layer: WIDTH x WIDTH float32 = 64 MiB
 
 
-def build(gb: float, external: bool, seed: int = 0) -> bytes:
-    layers = max(1, round(gb * 2**30 / (WIDTH * WIDTH * 4)))
+def build(gb: float, external: bool, dtype: str, seed: int = 0) -> bytes:
+    """A chain of WIDTH x WIDTH FULLY_CONNECTED layers: float32 weights, or per-channel int8
+    weights with float activations (dynamic-range, as the converter writes it)."""
+    itemsize = 4 if dtype == "float32" else 1
+    layers = max(1, round(gb * 2**30 / (WIDTH * WIDTH * itemsize)))
     rng = np.random.default_rng(seed)
-    fcs = [mb.FullyConnected((rng.standard_normal((WIDTH, WIDTH), dtype=np.float32) / 64).astype(np.float32),
-                             np.zeros(WIDTH, np.float32), name=f"fc{i}") for i in range(layers)]
-    return mb.sequential_model(fcs, [1, WIDTH], "float32", description="tflite-cluster large benchmark",
-                               external_buffers=external)
+    b, sg = mb.new_model("tflite-cluster large benchmark")
+    x = first = sg.add_tensor("input", [1, WIDTH])
+    for i in range(layers):
+        if dtype == "float32":
+            w = sg.add_constant(f"fc{i}/weights", rng.standard_normal((WIDTH, WIDTH), dtype=np.float32) / 64)
+        else:
+            codes = np.clip(np.round(rng.laplace(size=(WIDTH, WIDTH)) * 25), -127, 127).astype(np.int8)
+            scales = [1 / (64 * 127)] * WIDTH
+            w = sg.add_constant(f"fc{i}/weights", codes,
+                                quantization=mb.Quantization(scales, [0] * WIDTH, 0))
+        bias = sg.add_constant(f"fc{i}/bias", np.zeros(WIDTH, np.float32))
+        y = sg.add_tensor(f"fc{i}/out", [1, WIDTH])
+        sg.add_operator("FULLY_CONNECTED", [x, w, bias], [y], {"fused_activation_function": "NONE"})
+        x = y
+    sg.inputs, sg.outputs = [first], [x]
+    b.add_signature(sg, {"input": first}, {"output": x})
+    return b.build(external_buffers=external)
 
 
 def check(src: Path, out: Path, k: int) -> str:
@@ -69,6 +86,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--gb", type=float, default=1.0)
     ap.add_argument("--external", action="store_true", help="store weights after the FlatBuffer")
+    ap.add_argument("--dtype", choices=["float32", "int8"], default="float32")
     ap.add_argument("-k", type=int, default=16)
     ap.add_argument("--granularity", default="channel")
     ap.add_argument("--run", action="store_true", help="also run both models under LiteRT")
@@ -77,9 +95,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         src, out = Path(tmp) / "large.tflite", Path(tmp) / "large_k.tflite"
         t = time.perf_counter()
-        src.write_bytes(build(args.gb, args.external))
+        src.write_bytes(build(args.gb, args.external, args.dtype))
         size = src.stat().st_size
-        print(f"built {size / 2**30:.2f} GiB model ({'external' if args.external else 'inline'} buffers) "
+        print(f"built {size / 2**30:.2f} GiB {args.dtype} model ({'external' if args.external else 'inline'} buffers) "
               f"in {time.perf_counter() - t:.1f} s")
         cmd = [sys.executable, "-m", "tflite_cluster", "cluster", str(src), "-o", str(out), "-q",
                "-k", str(args.k), "--granularity", args.granularity]
