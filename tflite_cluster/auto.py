@@ -929,10 +929,11 @@ def _search(data, label, info, config: AutoConfig, ev: _Evaluator, workers: _Wor
         _make_exact([(u, i) for u, i in zip(live, ch) if u.options[i].granularity is not None],
                     config, workers, progress)
 
-    # 4. Refinement: the chosen options exact and measured, then allocate again.
+    # 4. Refinement: measure the chosen options (screening estimates or exact: a measurement
+    # near the chosen rung is what the prediction needs), then allocate again.  The exact
+    # kernel runs at verification, only for the options of plans actually verified.
     choice = allocate(1.0)
     for _ in range(config.refine):
-        exact(choice)
         pending = [(u, i) for u, i in zip(live, choice)
                    if u.options[i].granularity is not None and u.options[i].measured is None]
         if not pending:
