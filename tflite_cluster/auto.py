@@ -69,7 +69,7 @@ from . import model as tfl
 from .clustering import ClusterResult, cluster, cluster_weight, load, skip_reason
 from .compare import Runner, random_inputs
 from .config import MAX_K, ClusterConfig, Granularity, Settings, Space
-from .errors import ConfigError, InvalidModelError, UnsupportedModelError
+from .errors import ConfigError, UnsupportedModelError
 from .quant import effective_space, make_rows, real_values, to_space
 
 __all__ = ["AutoConfig", "AutoResult", "PlanEntry", "UniformResult", "auto_plan", "format_auto",
@@ -704,7 +704,7 @@ def _build_units(data: bytes, info: tfl.ModelInfo, config: AutoConfig, workers: 
     return units
 
 
-def _make_exact(units_options: list[tuple[_Unit, int]], config: AutoConfig, workers: _Workers,
+def _make_exact(units_options: list[tuple[_Unit, int]], workers: _Workers,
                 progress: Progress | None) -> int:
     """Replace screening estimates by the exact kernel's options; returns how many changed."""
     todo = [(u, i) for u, i in dict.fromkeys(units_options) if not u.options[i].exact]
@@ -927,7 +927,7 @@ def _search(data, label, info, config: AutoConfig, ev: _Evaluator, workers: _Wor
 
     def exact(ch: Sequence[int]) -> None:
         _make_exact([(u, i) for u, i in zip(live, ch) if u.options[i].granularity is not None],
-                    config, workers, progress)
+                    workers, progress)
 
     # 4. Refinement: measure the chosen options (screening estimates or exact: a measurement
     # near the chosen rung is what the prediction needs), then allocate again.  The exact
@@ -1003,7 +1003,7 @@ def _search(data, label, info, config: AutoConfig, ev: _Evaluator, workers: _Wor
     uniform, uniform_choice, unverified = None, None, 0
     if config.uniform_baseline and live:
         uniform, uniform_choice, unverified = _uniform_baseline(
-            data, live, config, budget, verify, est_cost(choice), predictions, exact, progress)
+            live, config, budget, verify, est_cost(choice), predictions, progress, data)
 
     def final(ch):
         cfg = _plan_config(config.base, info.weights, units, _full_choice(units, live, ch))
@@ -1053,8 +1053,7 @@ def _full_choice(units: list[_Unit], live: list[_Unit], choice: Sequence[int]) -
     return [by_id.get(id(u), 0) for u in units]
 
 
-def _uniform_baseline(data, live, config, budget, verify, plan_cost, predictions, exact,
-                      progress):
+def _uniform_baseline(live, config, budget, verify, plan_cost, predictions, progress, data):
     """Verify one k for every unit (per granularity; also with small tensors left alone).
 
     Returns (the passing setting smallest under the metric, measured; its choice vector; how
