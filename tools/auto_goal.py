@@ -16,7 +16,8 @@ The digits CNN gets ../shared/data/digits_test.npz ``x``: 128 samples to calibra
 top-1 accuracy on all 450. For the float16 MediaPipe models a second row lets the search pick
 per-tensor codebooks as well as per-channel ones.
 
-Run by hand: ``python tools/auto_goal.py [--json] [--models NAME ...]``.
+Run by hand: ``python tools/auto_goal.py [--json] [--models NAME ...]``; ``--synthetic`` times
+the runtime target instead (a built 49-tensor, 2.7M-weight model, 32 samples).
 """
 
 from __future__ import annotations
@@ -184,11 +185,40 @@ def measure(name: str) -> list[dict]:
     return rows
 
 
+def synthetic_runtime() -> None:
+    """The issue's runtime target: a built 49-tensor, 2.7M-weight float32 conv net (48 conv 3x3
+    72->72 on 8x8 + a 4608->100 dense layer), 32 random calibration samples."""
+    sys.path.insert(0, str(ROOT / "tools"))
+    import model_builder as mb
+
+    rng = np.random.default_rng(0)
+    c = 72
+    layers = [mb.Conv2D((rng.standard_normal((c, 3, 3, c)) * np.sqrt(2.0 / (9 * c)) * 0.9)
+                        .astype(np.float32), (0.01 * rng.standard_normal(c)).astype(np.float32),
+                        activation="RELU", name=f"conv{i}") for i in range(48)]
+    layers += [mb.Flatten(name="flat"),
+               mb.FullyConnected((rng.standard_normal((100, 64 * c)) / np.sqrt(64 * c))
+                                 .astype(np.float32), np.zeros(100, np.float32), name="fc")]
+    data = mb.sequential_model(layers, (1, 8, 8, c), "float32",
+                               calibration=rng.uniform(0, 1, (16, 8, 8, c)))
+    x = rng.uniform(0, 1, (32, 8, 8, c)).astype(np.float32)
+    start = time.perf_counter()
+    r = auto_plan(data, AutoConfig(min_sqnr_db=TARGET), inputs=[x])
+    print(f"synthetic: {len(r.plan)} tensors, {sum(p.elements for p in r.plan):,} weights: "
+          f"{time.perf_counter() - start:.1f} s, {r.runs} runs, SQNR {r.sqnr_db:.1f} dB, "
+          f"deflate {r.original_size:,} -> {r.size:,} B")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="*", default=list(MODELS), choices=list(MODELS))
     p.add_argument("--json", action="store_true")
+    p.add_argument("--synthetic", action="store_true",
+                   help="only time the runtime target on a built 2.7M-weight model")
     args = p.parse_args(argv)
+    if args.synthetic:
+        synthetic_runtime()
+        return 0
     rows = []
     for name in args.models:
         rows.extend(measure(name))
