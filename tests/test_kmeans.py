@@ -16,12 +16,14 @@ from tflite_cluster import kmeans as km
 @pytest.fixture(params=["dense", "divide_and_conquer"])
 def kernel(request, monkeypatch):
     """Run a test with each DP kernel; the second forces divide and conquer on small rows, with
-    tiny leaves, candidate chunks and table chunks so that every splitting path is exercised."""
+    tiny leaves, candidate chunks, width limits and table chunks so that every path is exercised."""
     if request.param == "divide_and_conquer":
         monkeypatch.setattr(km, "_DENSE_MAX", 0)
         monkeypatch.setattr(km, "_LEAF", 2)
         monkeypatch.setattr(km, "_LEAF_WIDTH", 3)
         monkeypatch.setattr(km, "_CAND_CHUNK", 3)
+        monkeypatch.setattr(km, "_PAD_MAX", 2)
+        monkeypatch.setattr(km, "_SLICE_MIN", 6)
     monkeypatch.setattr(km, "_CHUNK_ELEMS", 200)
     return request.param
 

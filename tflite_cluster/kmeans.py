@@ -61,6 +61,8 @@ _CHUNK_ELEMS = 1 << 22  # entries of a dense chunk's cost table (32 MB in float6
 _CAND_CHUNK = 1 << 16  # candidates evaluated at once by divide and conquer
 _LEAF = 8  # divide and conquer solves runs of this many positions as one block
 _LEAF_WIDTH = 64  # ... when their common candidate range is at most this wide
+_PAD_MAX = 32  # other narrower candidate ranges are evaluated as padded blocks
+_SLICE_MIN = 4096  # wider ones one node at a time, as slices
 _TABLE_LIMIT = 1 << 31  # bytes of backtracking table allowed for one problem
 _FLOAT_EXACT = float(1 << 52)  # integer sums below this are exact in float64
 
@@ -246,10 +248,12 @@ def _optimal_flags(vals, wts, ptr, k, integer, zero_fixed, changed):
     zrow = np.zeros(len(rows), bool)
     zpos = np.zeros(len(rows), np.int64)
     if zero_fixed:
-        for i, r in enumerate(rows):  # cheap: one searchsorted per row
-            j = np.searchsorted(vals[ptr[r]:ptr[r + 1]], 0)
-            if j < m[r] and vals[ptr[r] + j] == 0:
-                zrow[i], zpos[i] = True, j
+        zeros = np.flatnonzero(vals == 0)  # at most one per row (distinct values)
+        zr = np.searchsorted(ptr, zeros, side="right") - 1
+        at = np.searchsorted(rows, zr)
+        hit = (at < len(rows)) & (rows[np.minimum(at, len(rows) - 1)] == zr)
+        zrow[at[hit]] = True
+        zpos[at[hit]] = zeros[hit] - ptr[zr[hit]]
     plain = rows[~zrow]
     if len(plain):
         if k == 1:
@@ -644,50 +648,81 @@ def _seg_argmin(vals, starts, counts):
     return mins, first - starts
 
 
-def _dc_eval(srcv, lo, hi, tv, integer):
+def _width_classes(width):
+    """Groups of nodes by padded width 2, 4, 8, ...: yields (node indices, padded width)."""
+    wcls = np.frexp(np.maximum(width - 1, 1).astype(np.float64))[1]  # bit length of width-1
+    order = np.argsort(wcls, kind="stable")
+    bounds = np.searchsorted(wcls[order], np.arange(1, int(wcls.max()) + 2))
+    for c in range(len(bounds) - 1):
+        if bounds[c + 1] > bounds[c]:
+            yield order[bounds[c]:bounds[c + 1]], 1 << (c + 1)
+
+
+def _dc_eval(src, srcv, lo, hi, tv, integer):
     """Minimum over s in [lo, hi] (flat source indices) of E(s) + cost(s, t) per node, with the
-    leftmost argmin. ``srcv`` packs (E - S2, W, S1) per source; ``tv`` (P, 3) the t-side sums
-    (W, S1, S2): ``E(s) + cost(s, t) = (E(s) - S2(s)) - gain(s, t) + S2(t)``."""
+    leftmost argmin. ``src`` (N x 3, ``srcv`` its packed view) holds (E - S2, W, S1) per source;
+    ``tv`` (P x 3) the t-side sums (W, S1, S2): ``E(s) + cost(s, t) = (E(s) - S2(s)) -
+    gain(s, t) + S2(t)``. Wide ranges are evaluated as slices one node at a time, narrow ones as
+    padded blocks, the others as one flat list of candidates."""
     P = len(lo)
     best = np.empty(P)
     arg = np.empty(P, np.int64)
     cnt = hi - lo + 1
-    cum = np.cumsum(cnt)
-    # split nodes into groups of about _CAND_CHUNK candidates; a node bigger than that is cut
-    # into pieces whose results are merged (leftmost wins ties)
-    big = np.flatnonzero(cnt > _CAND_CHUNK)
-    if len(big):
-        npieces = (cnt + _CAND_CHUNK - 1) // _CAND_CHUNK
-        pn = np.repeat(np.arange(P), npieces)
-        pk = _ranges(np.zeros(P, np.int64), npieces)
-        plo = lo[pn] + pk * _CAND_CHUNK
-        phi = np.minimum(plo + _CAND_CHUNK - 1, hi[pn])
-        pb, pa = _dc_eval(srcv, plo, phi, tv[pn], integer)
-        pst = np.zeros(P, np.int64)
-        np.cumsum(npieces[:-1], out=pst[1:])
-        mins, a = _seg_argmin(pb, pst, npieces)
-        return mins, pa[pst + a]
+    for i in np.flatnonzero(cnt >= _SLICE_MIN):  # few nodes (top levels of long rows)
+        best[i], arg[i] = _dc_slice(src, int(lo[i]), int(hi[i]), tv[i], integer)
+    narrow = np.flatnonzero(cnt <= _PAD_MAX)
+    for sel, Wp in _width_classes(cnt[narrow]) if len(narrow) else ():
+        nodes = narrow[sel]
+        step = max(1, _CAND_CHUNK // Wp)
+        J = np.arange(Wp)
+        for i in range(0, len(nodes), step):
+            nd = nodes[i:i + step]
+            S = np.minimum(lo[nd, None] + J, hi[nd, None])  # clamped repeats of hi at the end
+            V = np.take(srcv, S).view(np.float64).reshape(S.shape + (3,))
+            t = tv[nd]
+            tot = _seg_gain(t[:, 0, None] - V[:, :, 1], t[:, 1, None] - V[:, :, 2], integer)
+            np.subtract(V[:, :, 0], tot, out=tot)
+            a = np.argmin(tot, axis=1)  # leftmost
+            best[nd] = tot[np.arange(len(nd)), a] + t[:, 2]
+            arg[nd] = S[np.arange(len(nd)), a]
+    rest = np.flatnonzero((cnt > _PAD_MAX) & (cnt < _SLICE_MIN))
+    if not len(rest):
+        return best, arg
+    c_all = cnt[rest]
+    cum = np.cumsum(c_all)
     gstart = 0
-    while gstart < P:
+    while gstart < len(rest):  # groups of about _CAND_CHUNK candidates
         base = cum[gstart - 1] if gstart else 0
-        gend = int(np.searchsorted(cum, base + _CAND_CHUNK, side="right"))
-        gend = max(gend, gstart + 1)
-        sl = slice(gstart, gend)
-        c = cnt[sl]
+        gend = max(int(np.searchsorted(cum, base + _CAND_CHUNK, side="right")), gstart + 1)
+        nd = rest[gstart:gend]
+        c = c_all[gstart:gend]
         st = np.zeros(len(c), np.int64)
         np.cumsum(c[:-1], out=st[1:])
         nc = int(st[-1] + c[-1])
-        gs = np.repeat(lo[sl] - st, c)
+        gs = np.repeat(lo[nd] - st, c)
         gs += np.arange(nc)
         v = np.take(srcv, gs).view(np.float64).reshape(nc, 3)
-        t = tv[sl]
+        t = tv[nd]
         tot = _seg_gain(np.repeat(t[:, 0], c) - v[:, 1], np.repeat(t[:, 1], c) - v[:, 2], integer)
         np.subtract(v[:, 0], tot, out=tot)  # E(s) - S2(s) - gain; S2(t) is added per node
         mn, am = _seg_argmin(tot, st, c)
-        best[sl] = mn + t[:, 2]
-        arg[sl] = lo[sl] + am
+        best[nd] = mn + t[:, 2]
+        arg[nd] = lo[nd] + am
         gstart = gend
     return best, arg
+
+
+def _dc_slice(src, lo, hi, t, integer):
+    """One node's minimum over the contiguous candidates lo..hi, in pieces (leftmost wins)."""
+    best, arg = np.inf, lo
+    for a in range(lo, hi + 1, _CAND_CHUNK):
+        v = src[a:min(a + _CAND_CHUNK, hi + 1)]
+        tot = _seg_gain(t[0] - v[:, 1], t[1] - v[:, 2], integer)
+        np.subtract(v[:, 0], tot, out=tot)
+        j = int(np.argmin(tot))
+        if tot[j] < best:
+            best, arg = float(tot[j]), a + j
+    return best + t[2], arg
 
 
 def _dc(P3, K, integer, tl, plen, unit):
@@ -744,14 +779,14 @@ def _dc(P3, K, integer, tl, plen, unit):
             np.maximum(lo, rowb, out=lo)
             hi = np.minimum(On[gr], gu)  # s <= t - 1
             np.minimum(lo, hi, out=lo)
-            best, arg = _dc_eval(srcv, lo, hi, np.take(T3, gu, axis=0), integer)
+            best, arg = _dc_eval(src, srcv, lo, hi, np.take(T3, gu, axis=0), integer)
             On[gu] = arg
             Enew[gu] = best
         lo = np.maximum(On[Lgl], Oprev[Lgk] - 1)
         np.maximum(lo, Lrow, out=lo)
         hi = np.minimum(On[Lgr], Lhi)
         np.minimum(lo, hi, out=lo)
-        _dc_leaves(srcv, T3, lo, hi, Lu, integer, On, Enew)
+        _dc_leaves(src, srcv, T3, lo, hi, Lu, integer, On, Enew)
         E = Enew
         # segment length d = t - s = u - v + 1 with v = On - row base
         A[q - 1] = (uu - (On[:Nb] - np.repeat(rb.ravel(), b)) + 1).reshape(R, b)
@@ -760,7 +795,7 @@ def _dc(P3, K, integer, tl, plen, unit):
     return A, F, T
 
 
-def _dc_leaves(srcv, T3, lo, hi, U, integer, On, Enew):
+def _dc_leaves(src, srcv, T3, lo, hi, U, integer, On, Enew):
     """Solve leaf runs: positions ``U`` (L x _LEAF, flat band indices) share the candidate range
     [lo, hi] (flat source indices, same row), restricted per position to s <= t - 1."""
     width = hi - lo + 1
@@ -770,7 +805,7 @@ def _dc_leaves(srcv, T3, lo, hi, U, integer, On, Enew):
         uw = U[w].ravel()
         lw = np.repeat(lo[w], U.shape[1])
         hw = np.minimum(np.repeat(hi[w], U.shape[1]), uw)
-        best, arg = _dc_eval(srcv, np.minimum(lw, hw), hw, np.take(T3, uw, axis=0), integer)
+        best, arg = _dc_eval(src, srcv, np.minimum(lw, hw), hw, np.take(T3, uw, axis=0), integer)
         On[uw] = arg
         Enew[uw] = best
         keep = np.flatnonzero(~wide)
@@ -778,14 +813,8 @@ def _dc_leaves(srcv, T3, lo, hi, U, integer, On, Enew):
     if not len(lo):
         return
     # padded blocks by width class (2, 4, ..., _LEAF_WIDTH), so that padding at most doubles
-    wcls = np.maximum(width - 1, 1)
-    wcls = np.frexp(wcls.astype(np.float64))[1]  # bit length of width - 1
-    order = np.argsort(wcls, kind="stable")
-    bounds = np.searchsorted(wcls[order], np.arange(1, wcls.max() + 2))
-    for c in range(len(bounds) - 1):
-        sel = order[bounds[c]:bounds[c + 1]]
-        if len(sel):
-            _dc_leaf_block(srcv, T3, lo[sel], hi[sel], U[sel], 1 << (c + 1), integer, On, Enew)
+    for sel, Wp in _width_classes(width):
+        _dc_leaf_block(srcv, T3, lo[sel], hi[sel], U[sel], Wp, integer, On, Enew)
 
 
 def _dc_leaf_block(srcv, T3, lo, hi, U, Wp, integer, On, Enew):
@@ -828,9 +857,18 @@ def _backtrack(A, q, t, K):
 # ----------------------------------------------------------------------------- kmeans method
 
 
-def _kmeans_rows(a, k, integer, zero_fixed, init, seed):
+def _kmeans2(x, start, minit, rng):
     from scipy.cluster.vq import kmeans2
 
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # empty clusters: dropped by the caller
+        try:
+            return kmeans2(x, start, minit=minit, rng=rng, check_finite=False)
+        except TypeError:  # scipy < 1.15 names the generator ``seed``
+            return kmeans2(x, start, minit=minit, seed=rng, check_finite=False)
+
+
+def _kmeans_rows(a, k, integer, zero_fixed, init, seed):
     out = a.copy() if integer else a.astype(np.float64, copy=True)
     for r in range(a.shape[0]):
         x = a[r].astype(np.float64)
@@ -846,9 +884,7 @@ def _kmeans_rows(a, k, integer, zero_fixed, init, seed):
             start, minit = np.quantile(x, (np.arange(k) + 0.5) / k), "matrix"
         else:  # random: k values drawn uniformly between min and max (TFMOT's RANDOM)
             start, minit = np.sort(rng.uniform(u[0], u[-1], k)), "matrix"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", UserWarning)  # empty clusters: dropped below
-            cen, lab = kmeans2(x, start, minit=minit, rng=rng, check_finite=False)
+        cen, lab = _kmeans2(x, start, minit, rng)
         cen = np.asarray(cen, np.float64).ravel()
         cen = cen[np.unique(lab)]
         if integer:
