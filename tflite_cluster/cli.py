@@ -319,32 +319,39 @@ def _run_cluster(args) -> int:
         config = _config_from_args(args)
     src = Path(args.model)
     dest = src if args.in_place else Path(args.output)
-    if not args.in_place and dest.exists() and not args.force:
-        raise OutputError(dest, "already exists (use --force to overwrite)")
-    if args.report and Path(args.report).exists() and not args.force:
-        raise OutputError(args.report, "already exists (use --force to overwrite)")
+    if not args.in_place:
+        _check_output_free(dest, args.force)
+    _check_output_free(args.report, args.force)
     result = cluster(src, config, progress=_ProgressBar(not args.quiet))
-    report = result.report
     if not args.quiet:
-        print(format_cluster_report(report))
+        print(format_cluster_report(result.report))
+    doc = result.report.to_dict()
+    if preset is not None:
+        doc["target"] = preset.to_dict()
+    return _finish_cluster(args, src, dest, result, result.report, doc)
+
+
+def _finish_cluster(args, src: Path, dest: Path, model, report: ClusterReport, doc: dict,
+                    plan: dict | None = None) -> int:
+    """The common end of ``cluster`` and ``cluster --auto``: the --strict gate, the Vela
+    comparison, then the model, plan and report written atomically."""
     if args.strict and report.problems:
         print(f"{PROG}: {src}: --strict: {len(report.problems)} problem(s); nothing written",
               file=sys.stderr)
         return 1
     vela_text = None
     if args.vela_report:
-        vela_text = _vela_compare(read_bytes(src), result.data, args.vela_report, str(src))
+        vela_text = _vela_compare(read_bytes(src), model.data, args.vela_report, str(src))
     if args.in_place:
-        result.save(src, overwrite=True, mode=os.stat(src).st_mode)
+        model.save(src, overwrite=True, mode=os.stat(src).st_mode)
     else:
-        result.save(dest, overwrite=args.force)
+        model.save(dest, overwrite=args.force)
+    if plan is not None:
+        write_atomic(args.save_plan, (_dump_json(plan) + "\n").encode(), overwrite=args.force)
     if args.report:
-        doc = report.to_dict()
-        if preset is not None:
-            doc["target"] = preset.to_dict()
         write_atomic(args.report, (_dump_json(doc) + "\n").encode(), overwrite=args.force)
     if not args.quiet:
-        print(f"wrote {dest} ({report.size:,} bytes)")
+        print(f"wrote {dest} ({report.size:,} bytes)" + (f"; plan {args.save_plan}" if plan else ""))
     if vela_text is not None:
         print("\n" + vela_text)
     return 0
@@ -417,30 +424,8 @@ def _run_auto(args) -> int:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     if not args.quiet:
         print(format_auto(found))
-    report = found.result.report
-    if args.strict and report.problems:
-        print(f"{PROG}: {src}: --strict: {len(report.problems)} problem(s); nothing written",
-              file=sys.stderr)
-        return 1
-    vela_text = None
-    if args.vela_report:
-        vela_text = _vela_compare(read_bytes(src), found.data, args.vela_report, str(src))
-    if args.in_place:
-        found.save(src, overwrite=True, mode=os.stat(src).st_mode)
-    else:
-        found.save(dest, overwrite=args.force)
-    if args.save_plan:
-        write_atomic(args.save_plan, (_dump_json(found.plan_dict()) + "\n").encode(),
-                     overwrite=args.force)
-    if args.report:
-        write_atomic(args.report, (_dump_json(found.to_dict()) + "\n").encode(),
-                     overwrite=args.force)
-    if not args.quiet:
-        print(f"wrote {dest} ({report.size:,} bytes)"
-              + (f"; plan {args.save_plan}" if args.save_plan else ""))
-    if vela_text is not None:
-        print("\n" + vela_text)
-    return 0
+    plan = found.plan_dict() if args.save_plan else None
+    return _finish_cluster(args, src, dest, found, found.result.report, found.to_dict(), plan)
 
 
 # --- compare ------------------------------------------------------------------------------

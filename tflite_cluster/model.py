@@ -171,6 +171,21 @@ def _dtype_code(name: str) -> str:
     raise UnsupportedModelError("<model>", f"dtype {name} has no array form")
 
 
+def _opcode_names(model) -> list[str]:
+    """Op type names by opcode index (custom ops as ``CUSTOM:<code>``)."""
+    names = []
+    for i in range(model.OperatorCodesLength()):
+        oc = model.OperatorCodes(i)
+        # As the TFLite runtime does: older files only set the deprecated int8 field.
+        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
+        name = _OP_NAMES.get(code, f"BUILTIN_{code}")
+        if code == tflite.BuiltinOperator.CUSTOM:
+            cc = oc.CustomCode()
+            name = f"CUSTOM:{cc.decode('utf-8', 'replace')}" if cc else "CUSTOM"
+        names.append(name)
+    return names
+
+
 class _Step:
     """Remembers which part of the file the parser is on, for error messages."""
 
@@ -243,16 +258,7 @@ def _parse(data, label: str, step: _Step) -> ModelInfo:
     version = model.Version()
 
     step.where = "operator codes"
-    opcodes: list[str] = []
-    for i in range(model.OperatorCodesLength()):
-        oc = model.OperatorCodes(i)
-        # As the TFLite runtime does: older files only set the deprecated int8 field.
-        code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
-        name = _OP_NAMES.get(code, f"BUILTIN_{code}")
-        if code == tflite.BuiltinOperator.CUSTOM:
-            cc = oc.CustomCode()
-            name = f"CUSTOM:{cc.decode('utf-8', 'replace')}" if cc else "CUSTOM"
-        opcodes.append(name)
+    opcodes = _opcode_names(model)
 
     step.where = "buffers"
     n_buffers = model.BuffersLength()
@@ -482,15 +488,7 @@ def operators(data, label: str = "<bytes>") -> tuple[OpRecord, ...]:
     try:
         model = tflite.Model.GetRootAs(data, 0)
         step.where = "operator codes"
-        opcodes = []
-        for i in range(model.OperatorCodesLength()):
-            oc = model.OperatorCodes(i)
-            code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
-            name = _OP_NAMES.get(code, f"BUILTIN_{code}")
-            if code == tflite.BuiltinOperator.CUSTOM:
-                cc = oc.CustomCode()
-                name = f"CUSTOM:{cc.decode('utf-8', 'replace')}" if cc else "CUSTOM"
-            opcodes.append(name)
+        opcodes = _opcode_names(model)
         out = []
         for s in range(model.SubgraphsLength()):
             sg = model.Subgraphs(s)
@@ -535,11 +533,8 @@ def is_stateful(data, label: str = "<bytes>") -> bool:
         raise InvalidModelError(label, "not a .tflite model (no TFL3 file identifier)")
     try:
         model = tflite.Model.GetRootAs(data, 0)
-        for i in range(model.OperatorCodesLength()):
-            oc = model.OperatorCodes(i)
-            code = max(oc.BuiltinCode(), oc.DeprecatedBuiltinCode())
-            if _OP_NAMES.get(code) in STATE_OPS:
-                return True
+        if STATE_OPS.intersection(_opcode_names(model)):
+            return True
         for s in range(model.SubgraphsLength()):
             sg = model.Subgraphs(s)
             for t in range(sg.TensorsLength()):
