@@ -67,7 +67,7 @@ import numpy as np
 
 from . import model as tfl
 from .clustering import ClusterResult, cluster, cluster_weight, load, skip_reason
-from .compare import Runner, random_inputs
+from .compare import Runner, json_float, random_inputs
 from .config import MAX_K, ClusterConfig, Granularity, Settings, Space
 from .errors import ConfigError, UnsupportedModelError
 from .quant import effective_space, make_rows, real_values, to_space
@@ -208,13 +208,7 @@ def _db(noise_ratio: float) -> float:
 
 
 def _json_float(x):
-    if x is None:
-        return None
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return round(x, 4)
+    return json_float(x, 4)
 
 
 @dataclass(frozen=True)

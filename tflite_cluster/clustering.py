@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from . import kmeans, model as tfl
-from .config import ClusterConfig, Granularity, Method, Settings, Space
+from .config import ClusterConfig, Granularity, Settings, Space
 from .errors import ConfigError, InvalidModelError, UnsupportedModelError
 from .fileio import Patches, map_file, release_pages, write_atomic
 from .quant import count_distinct, effective_space, from_space, make_rows, real_values, to_space

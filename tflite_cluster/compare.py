@@ -548,14 +548,15 @@ def run_model(model: ModelLike | Runner, inputs: InputsLike, *, source: str = "g
     return runner.run(inputs, source=source)
 
 
-def _json_float(x: float | None) -> float | str | None:
+def json_float(x: float | None, digits: int | None = None) -> float | str | None:
+    """A float for JSON: non-finite values as the strings "inf", "-inf", "nan"."""
     if x is None:
         return None
     if math.isnan(x):
         return "nan"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
-    return x
+    return x if digits is None else round(x, digits)
 
 
 @dataclass(frozen=True)
@@ -579,10 +580,10 @@ class OutputComparison:
             "shape": list(self.shape),
             "dtype_a": self.dtype_a,
             "dtype_b": self.dtype_b,
-            "sqnr_db": _json_float(self.sqnr_db),
-            "max_abs_diff": _json_float(self.max_abs_diff),
-            "mean_abs_diff": _json_float(self.mean_abs_diff),
-            "top1_agreement": _json_float(self.top1_agreement),
+            "sqnr_db": json_float(self.sqnr_db),
+            "max_abs_diff": json_float(self.max_abs_diff),
+            "mean_abs_diff": json_float(self.mean_abs_diff),
+            "top1_agreement": json_float(self.top1_agreement),
         }
 
 
@@ -612,7 +613,7 @@ class CompareReport:
             "inputs": self.inputs,
             "samples": self.samples,
             "stateful": self.stateful,
-            "min_sqnr_db": _json_float(self.min_sqnr_db),
+            "min_sqnr_db": json_float(self.min_sqnr_db),
             "outputs": [o.to_dict() for o in self.outputs],
         }
 

@@ -17,8 +17,6 @@ output SQNR is printed. Models are written to --dir (default: a temporary folder
 from __future__ import annotations
 
 import argparse
-import math
-import os
 import resource
 import subprocess
 import sys
