@@ -342,3 +342,33 @@ def test_batch_needs_folder_output(tmp_path, capsys):
     f.write_bytes(b"x")
     code, _, err = run(["cluster", a, b, "-o", f], capsys)
     assert_one_line_error(code, err, "not a folder")
+
+
+def test_unwritable_folder_simulated(model_file, tmp_path, capsys, monkeypatch):
+    """As root a chmod'ed folder is still writable, so simulate the refusal itself."""
+    import tflite_cluster.fileio as fileio
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", refuse)
+    out = tmp_path / "o.tflite"
+    code, _, err = run(["cluster", model_file, "-o", out], capsys)
+    assert_one_line_error(code, err, "Permission denied")
+    assert not out.exists()
+
+
+def test_failure_mid_write_leaves_input_intact(model_file, capsys, monkeypatch):
+    """A disk-full error while writing --in-place: the input is untouched, no temp file left."""
+    import tflite_cluster.fileio as fileio
+
+    before = model_file.read_bytes()
+
+    def disk_full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(fileio.os, "fsync", disk_full)
+    code, _, err = run(["cluster", model_file, "--in-place", "-k", "4"], capsys)
+    assert_one_line_error(code, err, "No space left on device")
+    assert model_file.read_bytes() == before
+    assert files_in(model_file.parent) == ["m.tflite"]
