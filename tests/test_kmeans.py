@@ -100,7 +100,8 @@ def test_optimal_matches_plain_dp_on_larger_rows(kernel, integer):
         k = int(rng.integers(2, 21))
         n = int(rng.integers(30, 150))
         if integer:
-            a = np.clip(np.round(rng.laplace(size=(3, n)) * rng.uniform(2, 30)), -127, 127).astype(np.int8)
+            a = np.round(rng.laplace(size=(3, n)) * rng.uniform(2, 30))
+            a = np.clip(a, -127, 127).astype(np.int8)
         else:
             a = rng.standard_t(3, size=(3, n)) * rng.uniform(0.01, 100)
             if trial % 2:
@@ -152,7 +153,10 @@ def _zero_fixed_reference(x, k):
         best = np.inf
         for a in range(q, n + 1):  # vals[a:] join the zero cluster (vals sorted by |x| last)
             rest = float(np.dot(wts[a:], vals[a:].astype(np.float64) ** 2))
-            head = 0.0 if a == 0 else (np.inf if q == 0 else plain_dp(np.repeat(vals[:a], wts[:a]), q, True))
+            if a == 0:
+                head = 0.0
+            else:
+                head = np.inf if q == 0 else plain_dp(np.repeat(vals[:a], wts[:a]), q, True)
             best = min(best, head + rest)
         return best
 
@@ -173,7 +177,8 @@ def test_multi_row_equals_rows_alone(kernel):
     a[4, :35] = 0.0  # mostly zeros
     for zero_fixed in (False, True):
         together = km.snap_rows(a, 5, zero_fixed=zero_fixed)
-        alone = np.concatenate([km.snap_rows(a[r:r + 1], 5, zero_fixed=zero_fixed) for r in range(7)])
+        alone = np.concatenate([km.snap_rows(a[r:r + 1], 5, zero_fixed=zero_fixed)
+                                for r in range(7)])
         np.testing.assert_array_equal(together, alone)
     codes = np.round(rng.laplace(size=(9, 50)) * 10).astype(np.int8)
     together = km.snap_rows(codes, 4, integer=True)

@@ -255,13 +255,10 @@ def _optimal_flags(vals, wts, ptr, k, integer, zero_fixed, changed):
         zrow[at[hit]] = True
         zpos[at[hit]] = zeros[hit] - ptr[zr[hit]]
     plain = rows[~zrow]
-    if len(plain):
-        if k == 1:
-            pass  # one cluster per row: the row start is the only flag
-        else:
-            starts = _solve_exact(vals, wts, ptr[plain], m[plain], k, integer)
-            for j in range(1, k):
-                flags[ptr[plain] + starts[:, j]] = True
+    if len(plain) and k > 1:  # (k == 1: the row start is the only flag)
+        starts = _solve_exact(vals, wts, ptr[plain], m[plain], k, integer)
+        for j in range(1, k):
+            flags[ptr[plain] + starts[:, j]] = True
     if zrow.any():
         _zero_fixed_flags(vals, wts, ptr, m, rows[zrow], zpos[zrow], k, integer, flags, zero_mark)
     return flags, zero_mark
@@ -283,19 +280,13 @@ def _solve_exact(vals, wts, pstart, plen, K, integer):
     Returns the start (local index) of every cluster, shape (P, K).
     """
     P = len(pstart)
-    tail = _exact_tail(plen)
-    res = _solve(vals, wts, pstart, plen, None, K, integer, tail, allq=False)
+    res = _solve(vals, wts, pstart, plen, None, K, integer, None, allq=False)
     qsel = np.full(P, K, np.int64)
     starts = np.empty((P, K), np.int64)
     for chunk in res:
         idx = chunk["idx"]
         starts[idx] = _backtrack(chunk["A"], qsel[idx], plen[idx], K)[:, :K]
     return starts
-
-
-def _exact_tail(plen):
-    """Tail costs of the exact-cover problem: 0 at t == m (all points used), +inf elsewhere."""
-    return ("exact", plen)
 
 
 def _zero_fixed_flags(vals, wts, ptr, m, rows, zpos, k, integer, flags, zero_mark):
@@ -406,10 +397,11 @@ def _centroids(vals, wts, flags, zero_mark, integer):
 def _solve(x, w, pstart, plen, ids, K, integer, tail, allq):
     """Run the layered DP on problems ``x[pstart[i] : pstart[i] + plen[i]]`` (sorted ascending).
 
-    ``tail`` describes the cost added after the last cluster: ``("exact", plen)`` (all points
-    must be used) or ``("suffix", csum, lptr)`` (the points from t on sit at centroid 0, cost
-    from the prefix sums ``csum`` of w*x^2 over the problems laid out by ``lptr``; ``ids`` maps
-    problems to those rows). ``allq`` pads rows so that every layer covers every end point.
+    ``tail`` describes the cost added after the last cluster: None (all points must be used:
+    0 at ``t = m``, +inf elsewhere) or ``("suffix", csum, lptr)`` (the points from t on sit at
+    centroid 0, cost from the prefix sums ``csum`` of w*x^2 over the problems laid out by
+    ``lptr``; ``ids`` maps problems to those rows). ``allq`` pads rows so that every layer
+    covers every end point.
 
     Returns a list of chunk results: ``idx`` (problem indices), ``A`` (K x R x b int32 optimal
     segment lengths), ``F`` (R x K+1 best total per number of clusters) and ``T`` (its end).
@@ -474,7 +466,7 @@ def _solve_chunk(x, w, pstart, plen, ids, K, integer, tail, allq, idx):
     np.cumsum(wf * xc * xc, axis=1, out=P3[2, :, 1:])
     # tail cost per end point t
     tl = np.full((R, M + 1), np.inf)
-    if tail[0] == "exact":
+    if tail is None:
         tl[np.arange(R), plen] = 0.0
     else:
         _, csum, lptr = tail
@@ -484,7 +476,7 @@ def _solve_chunk(x, w, pstart, plen, ids, K, integer, tail, allq, idx):
         end = lptr[ids + 1][:, None]
         tl[ok] = (csum[end] - csum[g])[ok]
     if M <= _DENSE_MAX:
-        A, F, T = _dense(P3, K, integer, tl, plen, unit, tail[0] == "exact")
+        A, F, T = _dense(P3, K, integer, tl, plen, unit, tail is None)
     else:
         A, F, T = _dc(P3, K, integer, tl, plen, unit)
     return {"idx": idx, "A": A, "F": F, "T": T}
@@ -746,7 +738,8 @@ def _dc(P3, K, integer, tl, plen, unit):
         rowb = np.broadcast_to(rb, (R, len(u))).ravel()
         levels.append((gu, gl, gr, gk, rowb))
     # leaves: positions (padded to _LEAF by repeating the last), bounds, Knuth index of the first
-    Lu = (rb[:, :, None] + np.minimum(llo[:, None] + np.arange(_LEAF), lhi[:, None])).reshape(-1, _LEAF)
+    Lu = np.minimum(llo[:, None] + np.arange(_LEAF), lhi[:, None])
+    Lu = (rb[:, :, None] + Lu).reshape(-1, _LEAF)
     Lgl = np.where(lln >= 0, rb + lln, Nb).ravel()
     Lgr = np.where(lrn >= 0, rb + lrn, Nb + 1).ravel()
     Lgk = (rb + np.minimum(llo + 1, b - 1)).ravel()
@@ -827,8 +820,8 @@ def _dc_leaf_block(srcv, T3, lo, hi, U, Wp, integer, On, Enew):
         V = np.take(srcv, S).view(np.float64).reshape(S.shape + (3,))
         Tv = np.take(T3, u, axis=0)  # (L, LEAF, 3)
         with np.errstate(divide="ignore", invalid="ignore"):  # s >= t: masked just below
-            tot = _seg_gain(Tv[:, :, None, 0] - V[:, None, :, 1], Tv[:, :, None, 1] - V[:, None, :, 2],
-                            integer)
+            tot = _seg_gain(Tv[:, :, None, 0] - V[:, None, :, 1],
+                            Tv[:, :, None, 1] - V[:, None, :, 2], integer)
         np.subtract(V[:, None, :, 0], tot, out=tot)
         tot[S[:, None, :] > u[:, :, None]] = np.inf  # s <= t - 1
         a = np.argmin(tot, axis=2)  # leftmost

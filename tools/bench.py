@@ -125,7 +125,8 @@ def sklearn_fit(x, k):
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return KMeans(n_clusters=k, n_init=1, random_state=SEED).fit(x.reshape(-1, 1)).cluster_centers_
+        model = KMeans(n_clusters=k, n_init=1, random_state=SEED)
+        return model.fit(x.reshape(-1, 1)).cluster_centers_
 
 
 def have_sklearn():
@@ -391,7 +392,9 @@ def main(argv=None):
     p.add_argument("--dists", default="gauss,laplace,t")
     p.add_argument("--ks", default="8,16,32,256")
     p.add_argument("--model-ks", default="16")
-    p.add_argument("--models", default=str(Path(__file__).resolve().parents[2] / "shared" / "models"))
+    shared_models = Path(__file__).resolve().parents[2] / "shared" / "models"
+    p.add_argument("--models", default=str(shared_models),
+                   help="folder of .tflite models (default ../shared/models)")
     p.add_argument("--peer-budget", type=float, default=60.0,
                    help="skip a peer whose estimated time on a case exceeds this (seconds)")
     p.add_argument("--max-states", type=float, default=4e8,
