@@ -45,7 +45,7 @@ the other ``k - 1`` clusters between the two sides is searched exactly.
 
 Speed (``tools/bench.py``, 2-core machine, k=16): int8 rows are histograms of <= 255 codes, so a
 MobileNetV2-sized set per channel (2.2 M codes, 17 k channels) takes ~0.5 s (scipy ``kmeans2``
-~6 s, 12 % more SSE); float rows pay ``O(k n log n)`` numpy work on their distinct values: per
+~6 s and 24 % more SSE); float rows pay ``O(k n log n)`` numpy work on their distinct values: per
 channel about scipy's time, per tensor (hundreds of thousands of distinct floats) 3-6x slower.
 """
 
