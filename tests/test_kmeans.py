@@ -28,30 +28,6 @@ def kernel(request, monkeypatch):
     return request.param
 
 
-def plain_dp(values, k, integer=False):
-    """Optimal SSE by the textbook O(k m^2) DP, without any monotonicity shortcut."""
-    x, w = np.unique(np.asarray(values), return_counts=True)
-    x = x.astype(np.float64)
-    w = w.astype(np.float64)
-    m = len(x)
-    if m <= k:
-        return 0.0
-    xc = x - (np.floor((x[0] + x[-1]) / 2) if integer else np.dot(w, x) / w.sum())
-    P = [np.concatenate([[0.0], np.cumsum(v)]) for v in (w, w * xc, w * xc * xc)]
-    s = np.arange(m + 1)[:, None]
-    t = np.arange(m + 1)[None, :]
-    with np.errstate(all="ignore"):
-        dW, d1, d2 = P[0][t] - P[0][s], P[1][t] - P[1][s], P[2][t] - P[2][s]
-        if integer:
-            c = np.floor(d1 / dW + 0.5)
-            C = d2 - c * (2 * d1 - c * dW)
-        else:
-            C = d2 - d1 * d1 / dW
-    C[s >= t] = np.inf
-    E = C[0].copy()
-    for _ in range(2, k + 1):
-        E = (E[:, None] + C).min(axis=0)
-    return float(E[m])
 
 
 def random_rows(rng, integer, zero_fixed):
@@ -109,7 +85,7 @@ def test_optimal_matches_plain_dp_on_larger_rows(kernel, integer):
         out = km.snap_rows(a, k, integer=integer)
         got = km.sse(a, out)
         for r in range(3):
-            ref = plain_dp(a[r], k, integer)
+            ref = km.plain_dp_sse(a[r], k, integer)
             if integer:
                 assert got[r] == ref  # integer costs are exact
             else:
@@ -156,7 +132,7 @@ def _zero_fixed_reference(x, k):
             if a == 0:
                 head = 0.0
             else:
-                head = np.inf if q == 0 else plain_dp(np.repeat(vals[:a], wts[:a]), q, True)
+                head = np.inf if q == 0 else km.plain_dp_sse(np.repeat(vals[:a], wts[:a]), q, True)
             best = min(best, head + rest)
         return best
 

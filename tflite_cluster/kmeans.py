@@ -120,6 +120,33 @@ def sse(rows, snapped) -> np.ndarray:
     return np.einsum("ij,ij->i", d, d)
 
 
+def plain_dp_sse(values, k: int, integer: bool = False) -> float:
+    """Reference: optimal SSE by the textbook O(k m^2) DP (no monotonicity shortcut, no
+    packing), for tests and the benchmark. Memory O(m^2): small m only."""
+    x, w = np.unique(np.asarray(values), return_counts=True)
+    x = x.astype(np.float64)
+    w = w.astype(np.float64)
+    m = len(x)
+    if m <= k:
+        return 0.0
+    xc = x - (np.floor((x[0] + x[-1]) / 2) if integer else np.dot(w, x) / w.sum())
+    P = [np.concatenate([[0.0], np.cumsum(v)]) for v in (w, w * xc, w * xc * xc)]
+    s = np.arange(m + 1)[:, None]
+    t = np.arange(m + 1)[None, :]
+    with np.errstate(all="ignore"):
+        dW, d1, d2 = P[0][t] - P[0][s], P[1][t] - P[1][s], P[2][t] - P[2][s]
+        if integer:
+            c = np.floor(d1 / dW + 0.5)
+            C = d2 - c * (2 * d1 - c * dW)
+        else:
+            C = d2 - d1 * d1 / dW
+    C[s >= t] = np.inf
+    E = C[0].copy()
+    for _ in range(2, k + 1):
+        E = (E[:, None] + C).min(axis=0)
+    return float(E[m])
+
+
 def optimal_sse_bruteforce(values, k, integer=False, zero_fixed=False) -> float:
     """Reference optimum by enumerating every contiguous partition of the sorted distinct values.
 

