@@ -58,6 +58,9 @@ def test_cluster_writes_output_and_report(model_file, tmp_path, capsys):
     assert report["config"]["k"] == 8
     assert any(t["skipped"] is None for t in report["tensors"])
     tfl.parse(out.read_bytes())
+    compare = pytest.importorskip("tflite_cluster.compare")
+    pytest.importorskip("ai_edge_litert")
+    assert compare.compare(model_file.read_bytes(), out.read_bytes(), samples=4).min_sqnr_db > 15
 
 
 def test_existing_output_needs_force(model_file, tmp_path, capsys):
@@ -332,6 +335,10 @@ def test_batch_in_place_several_files(tmp_path, capsys):
     assert code == 0, err
     assert (a.read_bytes(), b.read_bytes()) != before
     assert files_in(tmp_path) == ["a.tflite", "b.tflite"]
+    compare = pytest.importorskip("tflite_cluster.compare")
+    pytest.importorskip("ai_edge_litert")
+    for path, original in zip((a, b), before):
+        assert compare.compare(original, path.read_bytes(), samples=4).min_sqnr_db > 15
 
 
 def test_batch_needs_folder_output(tmp_path, capsys):
