@@ -60,7 +60,7 @@ def test_cluster_writes_output_and_report(model_file, tmp_path, capsys):
     tfl.parse(out.read_bytes())
     compare = pytest.importorskip("tflite_cluster.compare")
     pytest.importorskip("ai_edge_litert")
-    assert compare.compare(model_file.read_bytes(), out.read_bytes(), samples=4).min_sqnr_db > 15
+    assert compare.compare(model_file.read_bytes(), out.read_bytes(), samples=4).min_sqnr_db > 10  # k=8
 
 
 def test_existing_output_needs_force(model_file, tmp_path, capsys):
