@@ -447,7 +447,7 @@ def _add_compare(sub) -> None:
 
 
 def _run_compare(args) -> int:
-    from .compare import compare, format_compare
+    from .compare import compare, format_compare, format_db
     if args.inputs and (args.samples is not None or args.seed is not None):
         raise UsageError(f"{PROG} compare: --samples and --seed apply to random inputs, "
                          f"not to --inputs")
@@ -470,17 +470,9 @@ def _run_compare(args) -> int:
     else:
         print(format_compare(report))
         if args.min_sqnr is not None:
-            print(f"{'ok' if ok else 'FAIL'}: min SQNR {_sqnr_db_text(worst)} dB "
+            print(f"{'ok' if ok else 'FAIL'}: min SQNR {format_db(worst)} dB "
                   f"{'>=' if ok else '<'} {args.min_sqnr:g} dB")
     return 0 if ok else 1
-
-
-def _sqnr_db_text(x: float) -> str:
-    if math.isnan(x):
-        return "nan"
-    if math.isinf(x):
-        return "inf" if x > 0 else "-inf"
-    return f"{x:.2f}"
 
 
 # --- inspect ------------------------------------------------------------------------------

@@ -733,17 +733,18 @@ def compare(a: ModelLike | Runner, b: ModelLike | Runner, inputs: InputsLike | N
 # Rendering
 
 
-def _fmt_db(x: float) -> str:
+def format_db(x: float, digits: int = 2) -> str:
+    """dB for people: ``nan``, ``inf``, ``-inf`` or a fixed number of decimals."""
     if math.isnan(x):
         return "nan"
     if math.isinf(x):
         return "inf" if x > 0 else "-inf"
-    return f"{x:.2f}"
+    return f"{x:.{digits}f}"
 
 
 def _fmt_num(x: float) -> str:
     if math.isnan(x) or math.isinf(x):
-        return _fmt_db(x)
+        return format_db(x)
     return f"{x:.4g}"
 
 
@@ -765,7 +766,7 @@ def format_compare(report: CompareReport) -> str:
             o.name,
             "x".join(map(str, o.shape)) or "scalar",
             f"{o.dtype_a}/{o.dtype_b}" if o.dtype_a != o.dtype_b else o.dtype_a,
-            _fmt_db(o.sqnr_db),
+            format_db(o.sqnr_db),
             _fmt_num(o.max_abs_diff),
             _fmt_num(o.mean_abs_diff),
             "-" if o.top1_agreement is None else f"{100.0 * o.top1_agreement:.1f} %",
@@ -779,4 +780,4 @@ def format_compare(report: CompareReport) -> str:
                          for k, (c, w) in enumerate(zip(cells, widths))).rstrip()
 
     table = [line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows]
-    return "\n".join(head + table + ["", f"min SQNR: {_fmt_db(report.min_sqnr_db)} dB"])
+    return "\n".join(head + table + ["", f"min SQNR: {format_db(report.min_sqnr_db)} dB"])

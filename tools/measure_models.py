@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tflite_cluster.clustering import cluster  # noqa: E402
-from tflite_cluster.compare import Runner, compare, random_inputs  # noqa: E402
+from tflite_cluster.compare import Runner, compare, format_db, random_inputs  # noqa: E402
 from tflite_cluster.config import ClusterConfig  # noqa: E402
 from tflite_cluster.size import deflate_size  # noqa: E402
 
@@ -204,11 +203,7 @@ def measure(name: str, ks: list[int], samples: int) -> list[dict]:
 
 
 def _db(v: float) -> str:
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    return f"{v:.1f}"
+    return format_db(v, 1)
 
 
 def table(rows: list[dict]) -> str:
