@@ -10,11 +10,15 @@ from tflite_cluster import ClusterConfig, ConfigError, Granularity, InputFileErr
 def test_defaults():
     c = ClusterConfig()
     assert (c.k, c.granularity, c.space.value, c.method.value, c.min_elements) == (16, Granularity.CHANNEL, "auto", "optimal", 1024)
+    assert c.tolerance == 1e-4
 
 
 @pytest.mark.parametrize("bad", [{"k": 0}, {"k": "8"}, {"k": True}, {"granularity": "row"}, {"space": "int4"},
                                  {"method": "lloyd"}, {"init": "zeros"}, {"min_elements": -1},
-                                 {"granularity": "group"}, {"seed": -3}, {"group_size": 0}])
+                                 {"granularity": "group"}, {"seed": -3}, {"group_size": 0},
+                                 {"tolerance": -0.1}, {"tolerance": 0.01}, {"tolerance": "1e-4"},
+                                 {"tolerance": True}, {"tolerance": float("nan")},
+                                 {"op_types": {"CONV_2D": {"tolerance": 1}}}])
 def test_bad_values_rejected(bad):
     with pytest.raises(ConfigError):
         ClusterConfig.from_dict(bad)
@@ -52,8 +56,8 @@ def test_precedence_name_over_op_over_global():
 
 def test_round_trip():
     d = {"k": 8, "granularity": "group", "group_size": 4, "space": "float", "method": "kmeans",
-         "init": "linear", "preserve_sparsity": True, "min_elements": 10, "seed": 7,
-         "op_types": {"CONV_2D": {"k": 4}, "FULLY_CONNECTED": "skip"},
+         "init": "linear", "preserve_sparsity": True, "min_elements": 10, "tolerance": 0.0,
+         "seed": 7, "op_types": {"CONV_2D": {"k": 4, "tolerance": 0.001}, "FULLY_CONNECTED": "skip"},
          "names": [{"regex": "a.*", "k": 2, "granularity": "tensor"}, {"regex": "b", "skip": True}]}
     c = ClusterConfig.from_dict(d)
     assert ClusterConfig.from_dict(c.to_dict()) == c

@@ -1,5 +1,6 @@
 """Kernels of tflite_cluster.kmeans: exactness against brute force and a plain DP, properties."""
 
+import os
 import warnings
 
 import numpy as np
@@ -13,10 +14,19 @@ from tflite_cluster import kmeans as km
 # ----------------------------------------------------------------------------- helpers
 
 
-@pytest.fixture(params=["dense", "divide_and_conquer"])
+@pytest.fixture(params=["compiled", "dense", "divide_and_conquer"])
 def kernel(request, monkeypatch):
-    """Run a test with each DP kernel; the second forces divide and conquer on small rows, with
-    tiny leaves, candidate chunks, width limits and table chunks so that every path is exercised."""
+    """Run a test with each DP kernel: the compiled one (skipped when it is not built), and the
+    numpy ones; the third forces divide and conquer on small rows, with tiny leaves, candidate
+    chunks, width limits and table chunks so that every path is exercised."""
+    if request.param == "compiled":
+        if km._dp is None:
+            pytest.skip("compiled kernel not built")
+        monkeypatch.delenv("TFLITE_CLUSTER_KERNEL", raising=False)
+        assert km.kernel() == "c"
+        return request.param
+    monkeypatch.setenv("TFLITE_CLUSTER_KERNEL", "numpy")
+    assert km.kernel() == "numpy"
     if request.param == "divide_and_conquer":
         monkeypatch.setattr(km, "_DENSE_MAX", 0)
         monkeypatch.setattr(km, "_LEAF", 2)
@@ -314,3 +324,115 @@ def test_bad_values():
 def test_empty_input():
     assert km.snap_rows(np.zeros((0, 5)), 3).shape == (0, 5)
     assert km.snap_rows(np.zeros((2, 0), np.int8), 3, integer=True).dtype == np.int8
+
+
+# ----------------------------------------------------------------------------- compiled kernel
+
+
+def test_compiled_kernel_is_built_in_ci():
+    """CI installs from a clean checkout with a compiler: the extension must be there, so that a
+    broken build cannot pass silently on the numpy fallback."""
+    if not os.environ.get("CI"):
+        pytest.skip("only checked in CI (CI=true)")
+    assert km._dp is not None and km.kernel() == "c"
+
+
+@pytest.mark.skipif(km._dp is None, reason="compiled kernel not built")
+@pytest.mark.parametrize("zero_fixed", [False, True])
+def test_compiled_equals_numpy_kernels(monkeypatch, zero_fixed):
+    """Mixed batches (short rows, rows over the numpy dense limit, ties, int codes): the compiled
+    kernel, also split over threads, reaches the same optimum as the numpy kernels."""
+    rng = np.random.default_rng(11 + zero_fixed)
+    cases = []
+    for n, scale in [(40, 1.0), (300, 30.0), (700, 1.0), (2000, 0.01)]:
+        a = rng.laplace(size=(5, n)) * scale
+        a[1] = np.round(a[1], 1)  # ties
+        a[2, : n // 3] = 0.0
+        cases.append((a, False))
+        cases.append((np.clip(np.round(a * 40 / scale), -127, 127).astype(np.int8), True))
+    for a, integer in cases:
+        for k in (3, 16):
+            monkeypatch.setenv("TFLITE_CLUSTER_KERNEL", "numpy")
+            ref = km.sse(a, km.snap_rows(a, k, integer=integer, zero_fixed=zero_fixed))
+            monkeypatch.delenv("TFLITE_CLUSTER_KERNEL")
+            got = km.sse(a, km.snap_rows(a, k, integer=integer, zero_fixed=zero_fixed))
+            monkeypatch.setattr(km, "_THREAD_MIN_WORK", 0)
+            threaded = km.snap_rows(a, k, integer=integer, zero_fixed=zero_fixed)
+            monkeypatch.undo()
+            np.testing.assert_array_equal(km.sse(a, threaded), got)
+            if integer:
+                np.testing.assert_array_equal(got, ref)  # exact costs on both sides
+            else:
+                np.testing.assert_allclose(got, ref, rtol=1e-11, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- certified rows
+
+
+@pytest.mark.parametrize("dist", ["laplace", "t3", "two_bumps"])
+def test_certified_rows_are_within_their_bound(dist):
+    """Long float rows solved on a grid: at most k values, a certified gap <= tolerance, and the
+    true excess over the exact optimum (solved here with tolerance 0) within that gap."""
+    rng = np.random.default_rng(21)
+    n = km.ATOM_MIN * 2
+    if dist == "laplace":
+        x = rng.laplace(size=n)
+    elif dist == "t3":
+        x = rng.standard_t(3, size=n) * 0.05
+    else:
+        x = np.concatenate([rng.normal(-3, 0.1, n // 2), rng.normal(5, 1.0, n - n // 2)])
+    x = x.astype(np.float32).astype(np.float64)[None]
+    for tol in (1e-3, 1e-4):
+        info = {}
+        out = km.snap_rows(x, 16, tolerance=tol, info=info)
+        assert len(np.unique(out)) <= 16
+        assert 0 < info["gap"] <= tol
+        exact = km.sse(x, km.snap_rows(x, 16))[0]
+        got = km.sse(x, out)[0]
+        assert exact <= got * (1 + 1e-12)
+        assert got - exact <= info["gap"] * exact * (1 + 1e-9)
+
+
+def test_certified_bound_is_a_true_lower_bound():
+    """The lower bound behind the certificate never exceeds the exact optimum: rows built so
+    that the grid is coarse (tolerance at its maximum) on several shapes and k."""
+    rng = np.random.default_rng(8)
+    for trial in range(6):
+        n = km.ATOM_MIN + 1 + trial * 997
+        x = (rng.gamma(0.5 + trial, size=n) * rng.choice([-1, 1], n))[None]
+        k = [2, 4, 8, 16, 32, 64][trial]
+        info = {}
+        out = km.snap_rows(x, k, tolerance=km.MAX_TOLERANCE, info=info)
+        got = km.sse(x, out)[0]
+        exact = km.sse(x, km.snap_rows(x, k))[0]
+        if info["gap"] == 0:  # fell back to the exact path
+            assert got == pytest.approx(exact, rel=1e-12)
+            continue
+        lower = got / (1 + info["gap"])  # the certificate's lower bound, recovered
+        assert lower <= exact * (1 + 1e-12), (trial, k)
+
+
+def test_tolerance_zero_and_short_rows_stay_exact():
+    rng = np.random.default_rng(2)
+    long_row = rng.normal(size=(1, km.ATOM_MIN + 10))
+    info = {}
+    exact = km.snap_rows(long_row, 8, tolerance=0.0, info=info)
+    assert info["gap"] == 0.0
+    short = rng.normal(size=(3, 1000))
+    info = {}
+    np.testing.assert_array_equal(km.snap_rows(short, 8, tolerance=1e-3, info=info),
+                                  km.snap_rows(short, 8))
+    assert info["gap"] == 0.0
+    # integer rows are never approximated
+    codes = rng.integers(-127, 128, size=(1, km.ATOM_MIN + 10)).astype(np.int8)
+    info = {}
+    np.testing.assert_array_equal(km.snap_rows(codes, 8, integer=True, tolerance=1e-3, info=info),
+                                  km.snap_rows(codes, 8, integer=True))
+    assert info["gap"] == 0.0
+    assert km.sse(long_row, exact)[0] > 0
+
+
+@pytest.mark.parametrize("tol", [-1e-4, 2e-3, float("nan"), "0.1"])
+def test_bad_tolerance(tol):
+    with pytest.raises(ValueError, match="tolerance"):
+        km.snap_rows(np.zeros((1, 4)), 2, tolerance=tol)

@@ -52,6 +52,10 @@ class TensorReport:
     rules: list = field(default_factory=list)
     shared_with: list = field(default_factory=list)
     note: str | None = None
+    # optimal method: 0.0 when solved exactly, else the certified bound on the relative excess
+    # of the SSE over the optimum (at most the tolerance); None when not recorded (other
+    # methods, weights the automatic search computed)
+    optimality_gap: float | None = None
 
     @property
     def problem(self) -> bool:
@@ -196,11 +200,20 @@ def _cluster_tensor(stored, w: tfl.WeightTensor, s: Settings, config: ClusterCon
                                                 "different layouts); use granularity tensor")
     rows = make_rows(stored.shape, granularity, axis, s.group_size or config.group_size)
     values = to_space(stored, w.dtype, w.quantization, space)
-    blocks = [snap(block, s.k, method=s.method.value, integer=space == Space.INT8,
-                   zero_fixed=s.preserve_sparsity, init=s.init.value, seed=config.seed)
-              for block in rows.split(values)]
+    gap = 0.0
+    blocks = []
+    for block in rows.split(values):
+        info = {}
+        blocks.append(snap(block, s.k, method=s.method.value, integer=space == Space.INT8,
+                           zero_fixed=s.preserve_sparsity, init=s.init.value, seed=config.seed,
+                           tolerance=s.tolerance, info=info))
+        gap = max(gap, info.get("gap", 0.0))
     snapped = rows.join(blocks)
-    return from_space(snapped, w.dtype, w.quantization, space), note
+    if gap > 0:
+        msg = (f"within {gap:.2e} of the optimal SSE (certified bound; solved on a fine grid "
+               f"of its values, tolerance {s.tolerance:g})")
+        note = f"{note}; {msg}" if note else msg
+    return from_space(snapped, w.dtype, w.quantization, space), note, gap
 
 
 def cluster_weight(data, w: tfl.WeightTensor, settings: Settings,
@@ -261,9 +274,9 @@ def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | 
             continue
         try:
             if precomputed is not None and w.buffer in precomputed and not w.sparse:
-                new, note = precomputed[w.buffer], None
+                new, note, gap = precomputed[w.buffer], None, None
             else:
-                new, note = _cluster_tensor(stored, w, s, config)
+                new, note, gap = _cluster_tensor(stored, w, s, config)
         except UnsupportedModelError as exc:
             reports.append(TensorReport(clusters=None, granularity=None, space=None, method=None,
                                         unique_after=before, mse=None, sqnr_db=None,
@@ -281,7 +294,8 @@ def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | 
             clusters=s.k, granularity=("tensor" if w.sparse else s.granularity.value),
             space=effective_space(s.space, w.dtype).value, method=s.method.value,
             unique_after=count_distinct(new), mse=sse / max(w.elements, 1), sqnr_db=sqnr,
-            skipped=None, note=note, **common))
+            skipped=None, note=note,
+            optimality_gap=(gap if s.method.value == "optimal" else None), **common))
         del stored, new, new_bytes, ref, err
         release_pages(data, w.data_offset, w.nbytes)
     if progress:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .errors import ConfigError, InputFileError
+from .kmeans import MAX_TOLERANCE
 
 
 class Granularity(str, Enum):
@@ -62,6 +63,14 @@ def _int(value, key, low, high=None):
     return value
 
 
+def _tolerance(value, key):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if not 0 <= value <= MAX_TOLERANCE:
+        raise ConfigError(f"{key}: {value} is out of range (must be in 0..{MAX_TOLERANCE})")
+    return float(value)
+
+
 def _bool(value, key):
     if not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -80,6 +89,7 @@ class Settings:
     init: Init | None = None
     preserve_sparsity: bool | None = None
     min_elements: int | None = None
+    tolerance: float | None = None
     skip: bool = False
 
     def __post_init__(self) -> None:
@@ -92,6 +102,7 @@ class Settings:
             "init": lambda v: _enum(Init, v, "init"),
             "preserve_sparsity": lambda v: _bool(v, "preserve_sparsity"),
             "min_elements": lambda v: _int(v, "min_elements", 0),
+            "tolerance": lambda v: _tolerance(v, "tolerance"),
         }
         for key, fn in conv.items():
             value = getattr(self, key)
@@ -151,7 +162,7 @@ class NameRule:
 
 _GLOBAL_DEFAULTS = dict(k=16, granularity=Granularity.CHANNEL, group_size=None, space=Space.AUTO,
                         method=Method.OPTIMAL, init=Init.KMEANS_PP, preserve_sparsity=False,
-                        min_elements=1024)
+                        min_elements=1024, tolerance=1e-4)
 
 
 @dataclass(frozen=True)
@@ -167,6 +178,7 @@ class ClusterConfig:
     seed: int = 0
     preserve_sparsity: bool = False
     min_elements: int = 1024
+    tolerance: float = 1e-4
     op_types: Mapping[str, Settings] = field(default_factory=dict)
     names: tuple[NameRule, ...] = ()
 

@@ -52,15 +52,26 @@ channel about scipy's time, per tensor (hundreds of thousands of distinct floats
 from __future__ import annotations
 
 import itertools
+import os
 import warnings
 
 import numpy as np
 
-__all__ = ["INITS", "METHODS", "optimal_sse_bruteforce", "snap_rows", "sse"]
+try:  # the optional compiled kernel (tflite_cluster/_dp.c); numpy kernels otherwise
+    from . import _dp
+except ImportError:  # pragma: no cover - depends on the build
+    _dp = None
+
+__all__ = ["ATOM_MIN", "INITS", "MAX_TOLERANCE", "METHODS", "kernel", "optimal_sse_bruteforce", "snap_rows", "sse"]
 
 METHODS = ("optimal", "kmeans")
 INITS = ("linear", "kmeans++", "density", "random")
 
+ATOM_MIN = 1 << 16  # float rows longer than this may be certified instead (tolerance > 0)
+MAX_TOLERANCE = 1e-3  # the largest certified gap allowed (0.1 % of the optimal SSE)
+_ATOM_FIRST = 2048  # grid cells of the first (upper-bound) solve
+_ATOM_PAYS = 4  # atoms are used only when at most 1/_ATOM_PAYS of the row's length
+_ATOM_CELLS_MAX = 4  # ... and when the grid has at most this many cells per value
 _DENSE_MAX = 512  # rows with more distinct values go to divide and conquer
 _CHUNK_ELEMS = 1 << 22  # entries of a dense chunk's cost table (32 MB in float64)
 _CAND_CHUNK = 1 << 16  # candidates evaluated at once by divide and conquer
@@ -69,6 +80,7 @@ _LEAF_WIDTH = 64  # ... when their common candidate range is at most this wide
 _PAD_MAX = 32  # other narrower candidate ranges are evaluated as padded blocks
 _SLICE_MIN = 4096  # wider ones one node at a time, as slices
 _TABLE_LIMIT = 1 << 31  # bytes of backtracking table allowed for one problem
+_THREAD_MIN_WORK = 2e6  # estimated evaluations below which the compiled kernel runs on one thread
 _FLOAT_EXACT = float(1 << 52)  # integer sums below this are exact in float64
 
 
@@ -76,7 +88,8 @@ _FLOAT_EXACT = float(1 << 52)  # integer sums below this are exact in float64
 
 
 def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: bool = False,
-              zero_fixed: bool = False, init: str = "kmeans++", seed: int = 0) -> np.ndarray:
+              zero_fixed: bool = False, init: str = "kmeans++", seed: int = 0,
+              tolerance: float = 0.0, info: dict | None = None) -> np.ndarray:
     """Cluster each row of ``rows`` into at most ``k`` values; returns the snapped array.
 
     ``rows`` is 2-D (R x N), float (used as float64) or, with ``integer=True``, integer codes.
@@ -88,13 +101,38 @@ def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: boo
     with ``init`` in ``"linear"``, ``"kmeans++"``, ``"density"``, ``"random"``, seeded with
     ``seed``; the same seed is used for every row). ``zero_fixed``: zero is one of the centroids
     of every row that holds exact zeros, and those stay 0. Deterministic for the same input.
+    ``tolerance`` (optimal method, float rows only, 0 <= tolerance <= 0.001): a row longer than
+    ``ATOM_MIN`` may be solved on "atoms" (the values of a fine grid's cells taken together)
+    instead of its distinct values, when that provably lands within ``tolerance`` of the
+    optimal SSE (relative); 0 (the default) always solves exactly. ``info``: a dict that
+    receives ``"gap"``, the largest certified relative gap over the rows (0.0: all exact).
     Raises :class:`ValueError` for bad arguments or values (NaN/Inf, wrong ndim, ...).
     """
+    if not (isinstance(tolerance, (int, float)) and 0 <= tolerance <= MAX_TOLERANCE):
+        raise ValueError(f"tolerance must be between 0 and {MAX_TOLERANCE}, got {tolerance!r}")
+    if info is not None:
+        info["gap"] = 0.0
     a, k = _check(rows, k, method, init, integer)
     if a.size == 0:
         return a.copy() if integer else a.astype(np.float64)
     if method == "kmeans":
         return _kmeans_rows(a, k, integer, zero_fixed, init, seed)
+    if tolerance > 0 and not integer and not zero_fixed and k > 1 and a.shape[1] > ATOM_MIN:
+        done = []
+        for r in range(a.shape[0]):
+            got = _certified_row(a[r], k, float(tolerance))
+            if got is not None:
+                done.append((r, got[0]))
+                if info is not None:
+                    info["gap"] = max(info["gap"], got[1])
+        if done:
+            rest = np.setdiff1d(np.arange(a.shape[0]), [r for r, _ in done])
+            out = np.empty(a.shape, np.float64)
+            for r, row in done:
+                out[r] = row
+            if len(rest):
+                out[rest] = snap_rows(a[rest], k, method=method, zero_fixed=zero_fixed)
+            return out
     vals, wts, ptr, inv = _distinct(a, integer)
     m = np.diff(ptr)
     changed = m > k
@@ -243,7 +281,7 @@ def _distinct(a, integer):
             ptr = np.zeros(R + 1, np.int64)
             np.cumsum(np.bincount(nz // span, minlength=R), out=ptr[1:])
             return vals.astype(np.int64), cnt[nz].astype(np.int64), ptr, inv
-    order = np.argsort(a, axis=1, kind="stable")
+    order = np.argsort(a, axis=1)  # (ties need no order: equal values share an index)
     s = np.take_along_axis(a, order, axis=1)
     new = np.ones((R, N), bool)
     np.not_equal(s[:, 1:], s[:, :-1], out=new[:, 1:])
@@ -296,6 +334,83 @@ def _optimal_flags(vals, wts, ptr, k, integer, zero_fixed, changed):
     return flags, zero_mark
 
 
+def _certified_row(x, K, tol):
+    """One float row (1-D) clustered on "atoms" with a proof that its SSE is within ``tol``
+    (relative) of the optimum: ``(snapped row, certified gap)``, or None when that does not pay
+    or cannot be shown (the caller then solves exactly).
+
+    Atoms are the non-empty cells of a uniform grid over the row's range (one pass of
+    ``bincount``, no sort). A clustering that never splits an atom costs what the DP over the
+    atoms (their means, weighted by their counts) says plus the within-atom sums of squares, a
+    constant; so the atom optimum ``U`` is an upper bound on the optimum ``OPT``. The optimal
+    clustering splits at most ``K - 1`` atoms; charging a split atom as if whole and assigned
+    fractionally overestimates its cost by ``2 sum_j (c_{j+1} - c_j) A_j`` (Abel summation over
+    its parts, ``A_j`` the sum of ``x - mean`` above the j-th cut, at most ``D`` = the sum of
+    ``x - mean`` over its values above the mean, itself at most count x width / 4), and the
+    fractional charge is at least ``U``. The centroid steps add up to at most the row's range,
+    so ``OPT >= U - 2 * range * max D``.
+    """
+    n = len(x)
+    lo = float(x.min())
+    span = float(x.max()) - lo
+    if not span > 0:
+        return None
+    mu = float(x.mean())
+    xc = x - mu
+
+    def grid(h, with_s2):
+        cell = ((x - lo) * (1.0 / h)).astype(np.int64)
+        W = np.bincount(cell).astype(np.float64)
+        nz = np.flatnonzero(W)
+        if len(nz) <= K or len(nz) * _ATOM_PAYS > n:
+            return None
+        S1 = np.bincount(cell, weights=xc)[nz]
+        S2 = np.bincount(cell, weights=xc * xc)[nz] if with_s2 else None
+        return cell, nz, W[nz], S1, S2
+
+    def solve(W, S1):
+        loc = _solve_exact(S1 / W, W, np.zeros(1, np.int64), np.array([len(W)]), K, False)[0]
+        return loc
+
+    def cost(loc, W, S1, S2):
+        cw, c1, c2 = (np.add.reduceat(v, loc) for v in (W, S1, S2))
+        return float(np.sum(c2 - c1 * c1 / cw))
+
+    h = span / _ATOM_FIRST
+    g = grid(h, True)
+    if g is None:
+        return None
+    _, _, W, S1, S2 = g
+    target = tol * cost(solve(W, S1), W, S1, S2) / 2  # U0 >= OPT: aim under half the tolerance
+    dens = float(W.max()) / h  # count per unit of the densest cell so far
+    for _ in range(4):
+        # D <= count x width / 4 <= dens h^2 / 4 for every atom; want 2 range D <= target
+        h = min(h, np.sqrt(2 * target / (span * dens)))
+        if span / h > _ATOM_CELLS_MAX * n:
+            return None
+        g = grid(h, True)
+        if g is None:
+            return None
+        cell, nz, W, S1, S2 = g
+        D = float(W.max()) * h / 4
+        loc = solve(W, S1)
+        U = cost(loc, W, S1, S2)
+        lb = U * (1 - 1e-9) - 2 * span * D  # (1e-9: margin for rounding in U)
+        if lb > 0 and U - lb <= tol * lb:
+            break
+        dens = max(dens, float(W.max()) / h)
+        target /= 4
+    else:
+        return None
+    label = np.zeros(len(W), np.int64)
+    label[loc[1:]] = 1
+    label = np.cumsum(label)
+    cen = np.add.reduceat(S1, loc) / np.add.reduceat(W, loc) + mu
+    atom = np.zeros(int(nz[-1]) + 1, np.int64)
+    atom[nz] = np.arange(len(nz))
+    return cen[label[atom[cell]]], (U - lb) / lb
+
+
 def _ranges(starts, lengths):
     """Concatenation of ``arange(s, s + l)`` for each pair (vectorised)."""
     lengths = np.asarray(lengths, np.int64)
@@ -306,12 +421,85 @@ def _ranges(starts, lengths):
     return off + np.arange(total, dtype=np.int64)
 
 
+def kernel() -> str:
+    """The exact kernel in use: ``"c"`` (the compiled extension) or ``"numpy"``.
+
+    The compiled one is used when it was built, unless the environment variable
+    ``TFLITE_CLUSTER_KERNEL`` is ``numpy``. Both give the same clusterings (tests check it)."""
+    if _dp is None or os.environ.get("TFLITE_CLUSTER_KERNEL", "").lower() == "numpy":
+        return "numpy"
+    return "c"
+
+
+def _check_table(K, n):
+    if K * (n + 1) * 4 > _TABLE_LIMIT:
+        raise ValueError(f"problem too large for the exact method: k={K} over {n} "
+                         f"distinct values needs a {K * (n + 1) * 4 / 2**30:.1f} GiB table; "
+                         "use fewer clusters, smaller rows or method='kmeans'")
+
+
+def _threads() -> int:
+    try:
+        return max(1, min(len(os.sched_getaffinity(0)), 8))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, min(os.cpu_count() or 1, 8))
+
+
+_POOL = None
+
+
+def _forget_pool():
+    global _POOL
+    _POOL = None  # a forked child has the pool object but none of its threads
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _pool(n):
+    global _POOL
+    if _POOL is None or _POOL._max_workers < n:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(n, thread_name_prefix="tflite-cluster-dp")
+    return _POOL
+
+
+def _c_solve(vals, wts, pstart, plen, K, integer):
+    """The compiled kernel over all problems; the GIL is released inside, so big batches are
+    split into balanced groups run on threads (one per available core)."""
+    vals = np.ascontiguousarray(vals, np.float64)
+    wts = np.ascontiguousarray(wts, np.float64)
+    pstart = np.ascontiguousarray(pstart, np.int64)
+    plen = np.ascontiguousarray(plen, np.int64)
+    P = len(pstart)
+    starts = np.empty((P, K), np.int64)
+    work = K * plen * np.log2(plen + 1)  # divide and conquer: ~k n log n evaluations
+    nt = min(_threads(), P)
+    if nt < 2 or work.sum() < _THREAD_MIN_WORK:
+        _dp.solve(vals, wts, pstart, plen, K, bool(integer), starts)
+        return starts
+    # contiguous groups of about equal estimated work
+    cuts = np.searchsorted(np.cumsum(work), work.sum() * np.arange(1, nt) / nt)
+    parts = [p for p in np.split(np.arange(P), cuts) if len(p)]
+    outs = [np.empty((len(ix), K), np.int64) for ix in parts]
+    list(_pool(nt).map(lambda a: _dp.solve(vals, wts, pstart[a[0]], plen[a[0]], K,
+                                           bool(integer), a[1]), zip(parts, outs)))
+    for ix, o in zip(parts, outs):
+        starts[ix] = o
+    return starts
+
+
 def _solve_exact(vals, wts, pstart, plen, K, integer):
     """Exact K-clustering of each problem (``plen > K`` points from ``pstart``).
 
     Returns the start (local index) of every cluster, shape (P, K).
     """
     P = len(pstart)
+    if kernel() == "c":
+        _check_table(K, int(np.max(plen)))
+        return _c_solve(vals, wts, pstart, plen, K, integer)
     res = _solve(vals, wts, pstart, plen, None, K, integer, None, allq=False)
     qsel = np.full(P, K, np.int64)
     starts = np.empty((P, K), np.int64)
@@ -366,6 +554,17 @@ def _side(vals, wts, start, n, K, integer, mirror):
     R = len(start)
     F = np.full((R, K + 1), np.inf)
     T = np.zeros((R, K + 1), np.int64)
+    if kernel() == "c":
+        _check_table(K, int(np.max(n, initial=0)))
+        S = np.empty((R, K + 1, K + 1), np.int64)
+        _dp.side(np.ascontiguousarray(vals, np.float64), np.ascontiguousarray(wts, np.float64),
+                 np.ascontiguousarray(start, np.int64), np.ascontiguousarray(n, np.int64), K,
+                 bool(integer), bool(mirror), F, T, S)
+
+        def backtrack_c(q, t):
+            return S[np.arange(R), q]
+
+        return F, T, backtrack_c
     if mirror:  # the side's points in increasing order of x' = -x: backwards from ``start``
         flat = np.repeat(start, n) - _ranges(np.zeros_like(start), n)
     else:

@@ -1,0 +1,18 @@
+"""Build hook for the optional compiled kernel (everything else is in pyproject.toml).
+
+``tflite_cluster._dp`` is plain C against the Python API (no numpy headers). It is optional: when
+no compiler is available the build goes on without it and the package uses its numpy kernels.
+"""
+
+from setuptools import Extension, setup
+
+setup(
+    ext_modules=[
+        Extension(
+            "tflite_cluster._dp",
+            sources=["tflite_cluster/_dp.c"],
+            extra_compile_args=["-O3"],
+            optional=True,
+        )
+    ]
+)

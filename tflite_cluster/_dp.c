@@ -1,0 +1,433 @@
+/* Compiled kernel of tflite_cluster.kmeans: the exact 1-D k-means dynamic programme.
+ *
+ * Optional: the package falls back to its numpy kernels when this extension is not built, and
+ * the tests check both against each other and against brute force.
+ *
+ * solve(vals, wts, pstart, plen, K, integer, out)
+ *   vals, wts: float64 buffers, the sorted distinct values of many problems and their weights
+ *   pstart, plen: int64 buffers, problem i is vals[pstart[i] : pstart[i] + plen[i]] (plen > K)
+ *   K: clusters (>= 2); integer: centroids are rounded means floor(mean + 0.5) (integer values)
+ *   out: int64 writable buffer of P * K entries: the local start of every cluster of problem i
+ *        (out[i*K] == 0), the leftmost optimum.
+ *
+ * side(vals, wts, pstart, plen, K, integer, F, T, S)
+ *   One side of a "zero kept" problem (see kmeans._side): the points of a problem are sorted by
+ *   distance from zero upwards... precisely: ascending x' with the points from some t on sitting
+ *   at centroid 0, costing w x'^2 each. For every q in 0..K, F[i, q] is the best total with q
+ *   free clusters before the zero part, T[i, q] the first point at zero, and S[i, q, :] the
+ *   local starts of the q clusters (-1 unused).
+ *
+ * E_q(t) = min_{q-1 <= s < t} E_{q-1}(s) + cost(s, t) is solved layer by layer with the divide
+ * and conquer optimisation (the leftmost optimal s is monotone in t) and Knuth's bound
+ * (opt_{q-1}(t) <= opt_q(t)); cost(s, t) comes from prefix sums of w, w x, w x^2. Integer
+ * problems sum codes shifted to start at 0, exactly (the caller keeps the sums below 2**52), so
+ * their costs are exact; float problems are centred on their weighted mean. The GIL is released while solving.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int integer;
+    double *W, *S1, *S2;      /* prefix sums of w, w x, w x^2 (n + 1) */
+    double *Eprev, *Ecur;     /* layer values (n + 1) */
+    int32_t *A;               /* optimal last-cluster start per layer >= 2 and t: K x (n + 1) */
+    Py_ssize_t cap, acap;
+} Work;
+
+static inline double seg_cost(const Work *w, Py_ssize_t s, Py_ssize_t t)
+{
+    double W = w->W[t] - w->W[s];
+    double S1 = w->S1[t] - w->S1[s];
+    double S2 = w->S2[t] - w->S2[s];
+    if (w->integer) {
+        /* every sum is an integer below 2**53, so exact; (2 S1 + W) / (2 W) is at least
+         * 1 / (2 W) away from the next integer when it is not one, far more than its rounding
+         * error, so floor() gives the exact rounded mean */
+        double c = (double)(int64_t)((2 * S1 + W) / (2 * W)); /* >= 0: truncation floors */
+        return S2 - c * (2 * S1 - c * W);
+    }
+    return S2 - S1 * S1 / W;
+}
+
+static int work_reserve(Work *w, Py_ssize_t n, int K)
+{
+    if (n + 1 > w->cap) {
+        Py_ssize_t c = n + 1;
+        void *p[5];
+        p[0] = realloc(w->W, c * sizeof(double));
+        if (p[0]) w->W = p[0];
+        p[1] = realloc(w->S1, c * sizeof(double));
+        if (p[1]) w->S1 = p[1];
+        p[2] = realloc(w->S2, c * sizeof(double));
+        if (p[2]) w->S2 = p[2];
+        p[3] = realloc(w->Eprev, c * sizeof(double));
+        if (p[3]) w->Eprev = p[3];
+        p[4] = realloc(w->Ecur, c * sizeof(double));
+        if (p[4]) w->Ecur = p[4];
+        for (int i = 0; i < 5; i++)
+            if (!p[i]) return -1;
+        w->cap = c;
+    }
+    Py_ssize_t need = (Py_ssize_t)(K + 1) * (n + 1);
+    if (need > w->acap) {
+        void *p = realloc(w->A, need * sizeof(int32_t));
+        if (!p) return -1;
+        w->A = p;
+        w->acap = need;
+    }
+    return 0;
+}
+
+static void work_free(Work *w)
+{
+    free(w->W); free(w->S1); free(w->S2);
+    free(w->Eprev); free(w->Ecur); free(w->A);
+}
+
+static void prefix(Work *w, const double *x, const double *wt, Py_ssize_t n, int sign)
+{
+    /* sign = -1: the points are x[0], x[-1], x[-2], ... negated (mirrored side) */
+    if (w->integer) { /* codes shifted to start at 0: exact integer sums in float64 */
+        double lo = sign * x[0];
+        w->W[0] = w->S1[0] = w->S2[0] = 0;
+        for (Py_ssize_t i = 0; i < n; i++) {
+            double v = sign * x[sign * i] - lo, c = wt[sign * i];
+            w->W[i + 1] = w->W[i] + c;
+            w->S1[i + 1] = w->S1[i] + c * v;
+            w->S2[i + 1] = w->S2[i] + c * v * v;
+        }
+        return;
+    }
+    double tw = 0, ts = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        tw += wt[sign * i];
+        ts += wt[sign * i] * (sign * x[sign * i]);
+    }
+    double mu = ts / tw;
+    w->W[0] = w->S1[0] = w->S2[0] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double v = sign * x[sign * i] - mu, c = wt[sign * i];
+        w->W[i + 1] = w->W[i] + c;
+        w->S1[i + 1] = w->S1[i] + c * v;
+        w->S2[i + 1] = w->S2[i] + c * v * v;
+    }
+}
+
+typedef struct {
+    const Work *w;
+    const double *Eprev;
+    double *Ecur;
+    int32_t *Acur;
+    const int32_t *Aprev; /* NULL: no Knuth bound */
+    Py_ssize_t prev_hi;   /* Aprev valid for t <= prev_hi */
+    Py_ssize_t smin;      /* q - 1 */
+} Layer;
+
+static void dc(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
+{
+    while (tl <= tr) {
+        Py_ssize_t mid = (tl + tr) >> 1;
+        Py_ssize_t lo = sl > L->smin ? sl : L->smin;
+        Py_ssize_t hi = sr < mid - 1 ? sr : mid - 1;
+        if (L->Aprev && mid <= L->prev_hi && L->Aprev[mid] > lo)
+            lo = L->Aprev[mid];
+        double best = INFINITY;
+        Py_ssize_t bs = lo;
+        for (Py_ssize_t s = lo; s <= hi; s++) {
+            double v = L->Eprev[s] + seg_cost(L->w, s, mid);
+            if (v < best) {
+                best = v;
+                bs = s;
+            }
+        }
+        L->Ecur[mid] = best;
+        L->Acur[mid] = (int32_t)bs;
+        if (tr - tl < 1) break;
+        dc(L, tl, mid - 1, sl, bs);
+        tl = mid + 1;
+        sl = bs;
+    }
+}
+
+/* Layers 1..Q over end points t <= tmax_q (all layers cover t up to n when full). Layer q's
+ * values for t in [q, hi_q] end in w->Eprev after each step; A rows 2..Q are filled. With
+ * ``keep`` non-NULL, layer q's values are copied to keep[q * (n + 1) ...]. */
+static void layers(Work *w, Py_ssize_t n, int Q, int full, double *keep)
+{
+    /* layer 1 */
+    Py_ssize_t hi1 = full ? n : n - Q + 1;
+    for (Py_ssize_t t = 0; t <= n; t++) w->Eprev[t] = INFINITY;
+    for (Py_ssize_t t = 1; t <= hi1; t++) w->Eprev[t] = seg_cost(w, 0, t);
+    if (keep) memcpy(keep + (n + 1), w->Eprev, (n + 1) * sizeof(double));
+    Py_ssize_t prev_hi = hi1;
+    for (int q = 2; q <= Q; q++) {
+        Py_ssize_t lo = q, hi = full ? n : n - Q + q;
+        int32_t *Acur = w->A + (Py_ssize_t)q * (n + 1);
+        for (Py_ssize_t t = 0; t <= n; t++) w->Ecur[t] = INFINITY;
+        Layer L = {w, w->Eprev, w->Ecur, Acur,
+                   q > 2 ? w->A + (Py_ssize_t)(q - 1) * (n + 1) : NULL, prev_hi, q - 1};
+        if (lo <= hi) dc(&L, lo, hi, q - 1, hi - 1);
+        double *tmp = w->Eprev;
+        w->Eprev = w->Ecur;
+        w->Ecur = tmp;
+        if (keep) memcpy(keep + (Py_ssize_t)q * (n + 1), w->Eprev, (n + 1) * sizeof(double));
+        prev_hi = hi;
+    }
+}
+
+/* starts of the q clusters ending at t (A rows filled by layers), into out[0..q-1] */
+static void backtrack(const Work *w, Py_ssize_t n, int q, Py_ssize_t t, int64_t *out)
+{
+    for (int layer = q; layer >= 2; layer--) {
+        Py_ssize_t s = w->A[(Py_ssize_t)layer * (n + 1) + t];
+        out[layer - 1] = s;
+        t = s;
+    }
+    if (q >= 1) out[0] = 0;
+}
+
+static int get_buf(PyObject *o, Py_buffer *b, int writable, Py_ssize_t itemsize, Py_ssize_t count,
+                   const char *name)
+{
+    if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return -1;
+    if (b->len != itemsize * count) {
+        PyErr_Format(PyExc_ValueError, "%s: expected %zd bytes, got %zd", name, itemsize * count,
+                     b->len);
+        PyBuffer_Release(b);
+        return -1;
+    }
+    return 0;
+}
+
+static int get_problems(PyObject *ps, PyObject *pl, Py_buffer *bs, Py_buffer *bl, Py_ssize_t *P)
+{
+    if (PyObject_GetBuffer(ps, bs, PyBUF_C_CONTIGUOUS) < 0) return -1;
+    *P = bs->len / 8;
+    if (get_buf(pl, bl, 0, 8, *P, "plen") < 0) {
+        PyBuffer_Release(bs);
+        return -1;
+    }
+    return 0;
+}
+
+static int check_problems(const int64_t *ps, const int64_t *pl, Py_ssize_t P, Py_ssize_t nvals,
+                          int K, int strict, Py_ssize_t *nmax)
+{
+    *nmax = 0;
+    for (Py_ssize_t i = 0; i < P; i++) {
+        if (ps[i] < 0 || pl[i] < 0 || ps[i] + pl[i] > nvals || (strict && pl[i] <= K)) {
+            PyErr_Format(PyExc_ValueError, "problem %zd out of range", i);
+            return -1;
+        }
+        if (pl[i] >= INT32_MAX) {
+            PyErr_SetString(PyExc_ValueError, "problem too large");
+            return -1;
+        }
+        if (pl[i] > *nmax) *nmax = pl[i];
+    }
+    return 0;
+}
+
+static PyObject *py_solve(PyObject *self, PyObject *args)
+{
+    PyObject *ov, *ow, *ops, *opl, *oout;
+    int K, integer;
+    if (!PyArg_ParseTuple(args, "OOOOipO", &ov, &ow, &ops, &opl, &K, &integer, &oout))
+        return NULL;
+    if (K < 2) {
+        PyErr_SetString(PyExc_ValueError, "K must be >= 2");
+        return NULL;
+    }
+    Py_buffer bv, bw, bs, bl, bo;
+    if (PyObject_GetBuffer(ov, &bv, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    Py_ssize_t nvals = bv.len / 8, P = 0, nmax = 0;
+    if (get_buf(ow, &bw, 0, 8, nvals, "wts") < 0) goto fail_v;
+    if (get_problems(ops, opl, &bs, &bl, &P) < 0) goto fail_w;
+    if (get_buf(oout, &bo, 1, 8, P * K, "out") < 0) goto fail_p;
+    const double *vals = bv.buf, *wts = bw.buf;
+    const int64_t *ps = bs.buf, *pl = bl.buf;
+    int64_t *out = bo.buf;
+    if (check_problems(ps, pl, P, nvals, K, 1, &nmax) < 0) goto fail_o;
+    Work w;
+    memset(&w, 0, sizeof w);
+    w.integer = integer;
+    int bad = 0;
+    Py_BEGIN_ALLOW_THREADS
+    if (work_reserve(&w, nmax, K) < 0) {
+        bad = 1;
+    } else {
+        for (Py_ssize_t i = 0; i < P; i++) {
+            Py_ssize_t n = pl[i];
+            prefix(&w, vals + ps[i], wts + ps[i], n, 1);
+            layers(&w, n, K - 1, 0, NULL);
+            /* last layer: only t = n */
+            double best = INFINITY;
+            Py_ssize_t bs_ = K - 1;
+            Py_ssize_t lo = K - 1;
+            for (Py_ssize_t s = lo; s <= n - 1; s++) {
+                double v = w.Eprev[s] + seg_cost(&w, s, n);
+                if (v < best) {
+                    best = v;
+                    bs_ = s;
+                }
+            }
+            int64_t *o = out + i * K;
+            o[K - 1] = bs_;
+            backtrack(&w, n, K - 1, bs_, o);
+        }
+    }
+    Py_END_ALLOW_THREADS
+    work_free(&w);
+    if (bad) {
+        PyErr_NoMemory();
+        goto fail_o;
+    }
+    PyBuffer_Release(&bo);
+    PyBuffer_Release(&bl);
+    PyBuffer_Release(&bs);
+    PyBuffer_Release(&bw);
+    PyBuffer_Release(&bv);
+    Py_RETURN_NONE;
+fail_o:
+    PyBuffer_Release(&bo);
+fail_p:
+    PyBuffer_Release(&bl);
+    PyBuffer_Release(&bs);
+fail_w:
+    PyBuffer_Release(&bw);
+fail_v:
+    PyBuffer_Release(&bv);
+    return NULL;
+}
+
+static PyObject *py_side(PyObject *self, PyObject *args)
+{
+    /* problems run from pstart[i] downwards when plen is given for the mirrored side: the caller
+     * passes mirrored=1 and pstart = index of the point nearest... (see kmeans._side) */
+    PyObject *ov, *ow, *ops, *opl, *oF, *oT, *oS;
+    int K, integer, mirror;
+    if (!PyArg_ParseTuple(args, "OOOOippOOO", &ov, &ow, &ops, &opl, &K, &integer, &mirror, &oF,
+                          &oT, &oS))
+        return NULL;
+    if (K < 1) {
+        PyErr_SetString(PyExc_ValueError, "K must be >= 1");
+        return NULL;
+    }
+    Py_buffer bv, bw, bs, bl, bF, bT, bS;
+    if (PyObject_GetBuffer(ov, &bv, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    Py_ssize_t nvals = bv.len / 8, P = 0, nmax = 0;
+    if (get_buf(ow, &bw, 0, 8, nvals, "wts") < 0) goto fail_v;
+    if (get_problems(ops, opl, &bs, &bl, &P) < 0) goto fail_w;
+    if (get_buf(oF, &bF, 1, 8, P * (K + 1), "F") < 0) goto fail_p;
+    if (get_buf(oT, &bT, 1, 8, P * (K + 1), "T") < 0) goto fail_F;
+    if (get_buf(oS, &bS, 1, 8, P * (K + 1) * (K + 1), "S") < 0) goto fail_T;
+    const double *vals = bv.buf, *wts = bw.buf;
+    const int64_t *ps = bs.buf, *pl = bl.buf;
+    double *F = bF.buf;
+    int64_t *T = bT.buf, *S = bS.buf;
+    /* mirrored problems run backwards from pstart: check them as [pstart - plen + 1, pstart] */
+    for (Py_ssize_t i = 0; i < P; i++) {
+        Py_ssize_t a = mirror ? ps[i] - pl[i] + 1 : ps[i];
+        if (pl[i] < 0 || a < 0 || a + pl[i] > nvals || pl[i] >= INT32_MAX) {
+            PyErr_Format(PyExc_ValueError, "problem %zd out of range", i);
+            goto fail_S;
+        }
+        if (pl[i] > nmax) nmax = pl[i];
+    }
+    Work w;
+    memset(&w, 0, sizeof w);
+    w.integer = integer;
+    int bad = 0;
+    double *keep = NULL, *tail = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    keep = malloc((size_t)(K + 1) * (nmax + 1) * sizeof(double));
+    tail = malloc((size_t)(nmax + 1) * sizeof(double));
+    if (!keep || !tail || work_reserve(&w, nmax, K) < 0) {
+        bad = 1;
+    } else {
+        int sign = mirror ? -1 : 1;
+        for (Py_ssize_t i = 0; i < P; i++) {
+            Py_ssize_t n = pl[i];
+            const double *x = vals + ps[i], *wt = wts + ps[i];
+            double *Fi = F + i * (K + 1);
+            int64_t *Ti = T + i * (K + 1), *Si = S + i * (K + 1) * (K + 1);
+            for (Py_ssize_t j = 0; j < (K + 1) * (K + 1); j++) Si[j] = -1;
+            /* tail(t): the points t.. at centroid 0, sum of w x^2 (exact for integer codes) */
+            tail[n] = 0;
+            for (Py_ssize_t t = n - 1; t >= 0; t--) {
+                double v = sign * x[sign * t];
+                tail[t] = tail[t + 1] + wt[sign * t] * v * v;
+            }
+            Fi[0] = tail[0];
+            Ti[0] = 0;
+            for (int q = 1; q <= K; q++) {
+                Fi[q] = INFINITY;
+                Ti[q] = 0;
+            }
+            if (n == 0) continue;
+            prefix(&w, x, wt, n, sign);
+            int Q = K < n ? K : (int)n;
+            layers(&w, n, Q, 1, keep);
+            for (int q = 1; q <= Q; q++) {
+                const double *E = keep + (Py_ssize_t)q * (n + 1);
+                double best = INFINITY;
+                Py_ssize_t bt = q;
+                for (Py_ssize_t t = q; t <= n; t++) {
+                    double v = E[t] + tail[t];
+                    if (v < best) {
+                        best = v;
+                        bt = t;
+                    }
+                }
+                Fi[q] = best;
+                Ti[q] = bt;
+                backtrack(&w, n, q, bt, Si + (Py_ssize_t)q * (K + 1));
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(keep);
+    free(tail);
+    work_free(&w);
+    if (bad) {
+        PyErr_NoMemory();
+        goto fail_S;
+    }
+    PyBuffer_Release(&bS);
+    PyBuffer_Release(&bT);
+    PyBuffer_Release(&bF);
+    PyBuffer_Release(&bl);
+    PyBuffer_Release(&bs);
+    PyBuffer_Release(&bw);
+    PyBuffer_Release(&bv);
+    Py_RETURN_NONE;
+fail_S:
+    PyBuffer_Release(&bS);
+fail_T:
+    PyBuffer_Release(&bT);
+fail_F:
+    PyBuffer_Release(&bF);
+fail_p:
+    PyBuffer_Release(&bl);
+    PyBuffer_Release(&bs);
+fail_w:
+    PyBuffer_Release(&bw);
+fail_v:
+    PyBuffer_Release(&bv);
+    return NULL;
+}
+
+static PyMethodDef methods[] = {
+    {"solve", py_solve, METH_VARARGS, "Exact K-clustering of many sorted weighted problems."},
+    {"side", py_side, METH_VARARGS, "One side of zero-kept problems: best cost per q."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_dp", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit__dp(void) { return PyModule_Create(&module); }
