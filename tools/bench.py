@@ -11,7 +11,11 @@ goes to its nearest centroid.
 
 "exact" is our SSE divided by an independent exact reference: the ``kmeans1d`` package (SMAWK,
 C++; float rows, when installed and k*n is small enough) or a plain O(k m^2) DP (int8 rows, on a
-sample of rows). It must read 1.000000.
+sample of rows). It must read 1.000000. "gap" is the largest certified bound on our relative
+excess over the optimum: 0 where every row was solved exactly, else at most ``--tolerance``
+(float rows longer than ``kmeans.ATOM_MIN`` solved on a fine grid, as the pipeline does by
+default). The header names the DP kernel (``c``: the compiled extension; ``--kernel numpy``
+forces the fallback).
 
 Sections:
   targets    the issue's two targets on a MobileNetV2-shaped set (2.2 M weights, 17 k channels,
@@ -29,6 +33,7 @@ Sections:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import tracemalloc
@@ -40,6 +45,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tflite_cluster import kmeans as km  # noqa: E402
+from tflite_cluster.config import ClusterConfig  # noqa: E402
 
 SEED = 0
 
@@ -93,8 +99,18 @@ def to_codes(rows):
 # ----------------------------------------------------------------------------- methods
 
 
+TOLERANCE = 0.0  # set by main: the pipeline's default unless --tolerance
+LAST_GAP = [0.0]  # the largest certified gap of the last run of ours (0: all exact)
+
+
 def ours(blocks, k, integer):
-    return [km.snap_rows(b, k, integer=integer) for b in blocks]
+    out = []
+    LAST_GAP[0] = 0.0
+    for b in blocks:
+        info = {}
+        out.append(km.snap_rows(b, k, integer=integer, tolerance=TOLERANCE, info=info))
+        LAST_GAP[0] = max(LAST_GAP[0], info["gap"])
+    return out
 
 
 def _peer_rows(blocks, k, integer, fit):
@@ -232,7 +248,7 @@ def estimate_peer(fn, blocks, k, integer, budget):
 class Table:
     def __init__(self, peers):
         self.peers = peers
-        head = f"{'case':34s} {'values':>9s} {'k':>4s} {'ours s':>8s} {'exact':>9s}"
+        head = f"{'case':34s} {'values':>9s} {'k':>4s} {'ours s':>8s} {'exact':>9s} {'gap':>7s}"
         for name in peers:
             head += f" | {name + ' s':>10s} {'x ours':>7s} {'sse/ours':>9s}"
         head += " | peak MB " + "/".join(["ours"] + list(peers))
@@ -259,9 +275,11 @@ class Table:
         if sse_ours == 0:  # every row has at most k values: nothing to cluster
             print(f"{case:34s} {n:9d} {k:4d} {t_ours:8.3f}  every row has <= k values: unchanged")
             return None
+        gap = LAST_GAP[0]
         ratio = exact_ratio(blocks, snapped, k, integer)
-        line = f"{case:34s} {n:9d} {k:4d} {t_ours:8.3f} {ratio:9.6f}" if ratio is not None else \
-            f"{case:34s} {n:9d} {k:4d} {t_ours:8.3f} {'-':>9s}"
+        line = f"{case:34s} {n:9d} {k:4d} {t_ours:8.3f} " + \
+            (f"{ratio:9.6f}" if ratio is not None else f"{'-':>9s}") + \
+            (f" {gap:7.1e}" if gap else f" {'0':>7s}")
         mems = [peak_mb(ours, blocks, k, integer)]
         result = {"ours": t_ours}
         for name, fn in self.peers.items():
@@ -377,7 +395,18 @@ def main(argv=None):
                    help="skip our method when k x distinct values exceeds this")
     p.add_argument("--repeat", type=int, default=1, help="best of N runs for our time")
     p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--tolerance", type=float, default=ClusterConfig().tolerance,
+                   help="certified gap allowed on long float rows (default: the pipeline's, "
+                        "%(default)g; 0: exact everywhere)")
+    p.add_argument("--kernel", choices=["c", "numpy"],
+                   help="force a DP kernel (default: the compiled one when built)")
     args = p.parse_args(argv)
+    global TOLERANCE
+    TOLERANCE = args.tolerance
+    if args.kernel == "numpy":
+        os.environ["TFLITE_CLUSTER_KERNEL"] = "numpy"
+    elif args.kernel == "c" and km.kernel() != "c":
+        p.error("the compiled kernel is not built (pip install -e . with a C compiler)")
     if args.quick:
         args.sizes, args.ks = "1e4,1e5", "16,256"
     args.sizes = [int(float(s)) for s in args.sizes.split(",")]
@@ -390,7 +419,8 @@ def main(argv=None):
         if have_sklearn():
             peers["sklearn"] = sklearn_m
     table = Table(peers)
-    print(f"numpy {np.__version__}; peers: {', '.join(peers) or 'none'}; peer budget "
+    print(f"kernel {km.kernel()}; tolerance {TOLERANCE:g}; "
+          f"numpy {np.__version__}; peers: {', '.join(peers) or 'none'}; peer budget "
           f"{args.peer_budget:.0f} s; time of ours = best of {args.repeat}; peak MB from a "
           "separate tracemalloc run")
     if args.section in ("targets", "all"):
