@@ -233,6 +233,203 @@ static int check_problems(const int64_t *ps, const int64_t *pl, Py_ssize_t P, Py
     return 0;
 }
 
+/* the K cluster starts of one problem of n > K sorted distinct points (K >= 2) */
+static void solve_one(Work *w, const double *vals, const double *wts, Py_ssize_t n, int K,
+                      int64_t *out)
+{
+    prefix(w, vals, wts, n, 1);
+    layers(w, n, K - 1, 0, NULL);
+    /* last layer: only t = n */
+    double best = INFINITY;
+    Py_ssize_t bs = K - 1;
+    for (Py_ssize_t s = K - 1; s <= n - 1; s++) {
+        double v = w->Eprev[s] + seg_cost(w, s, n);
+        if (v < best) {
+            best = v;
+            bs = s;
+        }
+    }
+    out[K - 1] = bs;
+    backtrack(w, n, K - 1, bs, out);
+}
+
+/* rows(sorted, N, K, integer, cent, last, ncl): every row of ``sorted`` (R x N float64, each
+ * row ascending) clustered exactly into at most K clusters. Per row: ``ncl`` clusters, their
+ * centroids ``cent`` (R x K; the rounded mean floor(mean + 0.5) for integer rows, else the
+ * mean) and the largest value of each (``last``, R x K). A row with at most K distinct values
+ * gets them as its own centroids (it comes back unchanged). */
+static PyObject *py_rows(PyObject *self, PyObject *args)
+{
+    PyObject *osrt, *ocen, *olast, *oncl;
+    Py_ssize_t N;
+    int K, integer;
+    if (!PyArg_ParseTuple(args, "OnipOOO", &osrt, &N, &K, &integer, &ocen, &olast, &oncl))
+        return NULL;
+    if (K < 1 || N < 1) {
+        PyErr_SetString(PyExc_ValueError, "K and N must be >= 1");
+        return NULL;
+    }
+    Py_buffer bx, bc, bl, bn;
+    if (PyObject_GetBuffer(osrt, &bx, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    Py_ssize_t R = bx.len / 8 / N;
+    if (bx.len != R * N * 8) {
+        PyErr_SetString(PyExc_ValueError, "sorted: size is not a multiple of N float64");
+        PyBuffer_Release(&bx);
+        return NULL;
+    }
+    if (get_buf(ocen, &bc, 1, 8, R * K, "cent") < 0) goto fail_x;
+    if (get_buf(olast, &bl, 1, 8, R * K, "last") < 0) goto fail_c;
+    if (get_buf(oncl, &bn, 1, 8, R, "ncl") < 0) goto fail_l;
+    const double *X = bx.buf;
+    double *C = bc.buf, *L = bl.buf;
+    int64_t *NC = bn.buf;
+    Work w;
+    memset(&w, 0, sizeof w);
+    w.integer = integer;
+    int bad = 0;
+    double *vals = NULL, *wts = NULL;
+    int64_t *st = NULL;
+    Py_BEGIN_ALLOW_THREADS
+    vals = malloc(N * sizeof(double));
+    wts = malloc(N * sizeof(double));
+    st = malloc((size_t)(K + 1) * sizeof(int64_t));
+    if (!vals || !wts || !st || work_reserve(&w, N, K) < 0) {
+        bad = 1;
+    } else {
+        for (Py_ssize_t r = 0; r < R; r++) {
+            const double *x = X + r * N;
+            double *c = C + r * K, *l = L + r * K;
+            Py_ssize_t m = 0;
+            for (Py_ssize_t i = 0; i < N; i++) {
+                if (m && x[i] == vals[m - 1]) {
+                    wts[m - 1] += 1;
+                } else {
+                    vals[m] = x[i];
+                    wts[m++] = 1;
+                }
+            }
+            if (m <= K) {
+                for (Py_ssize_t j = 0; j < m; j++) c[j] = l[j] = vals[j];
+                NC[r] = m;
+                continue;
+            }
+            if (K == 1)
+                st[0] = 0;
+            else
+                solve_one(&w, vals, wts, m, K, st);
+            st[K] = m;
+            for (int j = 0; j < K; j++) {
+                Py_ssize_t a = st[j], b = st[j + 1];
+                double W = 0, S = 0, first = vals[a];
+                for (Py_ssize_t i = a; i < b; i++) {
+                    W += wts[i];
+                    S += wts[i] * (vals[i] - first);
+                }
+                if (integer) /* exact: integer sums below 2**53 */
+                    c[j] = first + floor((2 * S + W) / (2 * W));
+                else
+                    c[j] = first + S / W;
+                l[j] = vals[b - 1];
+            }
+            NC[r] = K;
+        }
+    }
+    Py_END_ALLOW_THREADS
+    free(vals);
+    free(wts);
+    free(st);
+    work_free(&w);
+    if (bad) {
+        PyErr_NoMemory();
+        goto fail_n;
+    }
+    PyBuffer_Release(&bn);
+    PyBuffer_Release(&bl);
+    PyBuffer_Release(&bc);
+    PyBuffer_Release(&bx);
+    Py_RETURN_NONE;
+fail_n:
+    PyBuffer_Release(&bn);
+fail_l:
+    PyBuffer_Release(&bl);
+fail_c:
+    PyBuffer_Release(&bc);
+fail_x:
+    PyBuffer_Release(&bx);
+    return NULL;
+}
+
+/* assign(x, N, K, cent, last, ncl, out): out[r, i] = the centroid of the first cluster of row r
+ * whose largest value is >= x[r, i] (x: R x N float64 in any order, out likewise) */
+static PyObject *py_assign(PyObject *self, PyObject *args)
+{
+    PyObject *ox, *ocen, *olast, *oncl, *oout;
+    Py_ssize_t N;
+    int K;
+    if (!PyArg_ParseTuple(args, "OniOOOO", &ox, &N, &K, &ocen, &olast, &oncl, &oout)) return NULL;
+    if (K < 1 || N < 1) {
+        PyErr_SetString(PyExc_ValueError, "K and N must be >= 1");
+        return NULL;
+    }
+    Py_buffer bx, bc, bl, bn, bo;
+    if (PyObject_GetBuffer(ox, &bx, PyBUF_C_CONTIGUOUS) < 0) return NULL;
+    Py_ssize_t R = bx.len / 8 / N;
+    if (bx.len != R * N * 8) {
+        PyErr_SetString(PyExc_ValueError, "x: size is not a multiple of N float64");
+        PyBuffer_Release(&bx);
+        return NULL;
+    }
+    if (get_buf(ocen, &bc, 0, 8, R * K, "cent") < 0) goto fail_x;
+    if (get_buf(olast, &bl, 0, 8, R * K, "last") < 0) goto fail_c;
+    if (get_buf(oncl, &bn, 0, 8, R, "ncl") < 0) goto fail_l;
+    if (get_buf(oout, &bo, 1, 8, R * N, "out") < 0) goto fail_n;
+    const double *X = bx.buf, *C = bc.buf, *L = bl.buf;
+    const int64_t *NC = bn.buf;
+    double *O = bo.buf;
+    for (Py_ssize_t r = 0; r < R; r++) {
+        if (NC[r] < 1 || NC[r] > K) {
+            PyErr_Format(PyExc_ValueError, "row %zd: bad cluster count", r);
+            goto fail_o;
+        }
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < R; r++) {
+        const double *x = X + r * N, *c = C + r * K, *l = L + r * K;
+        double *o = O + r * N;
+        Py_ssize_t nc = NC[r];
+        for (Py_ssize_t i = 0; i < N; i++) {
+            double v = x[i];
+            Py_ssize_t a = 0, b = nc - 1; /* the answer is in [a, b] */
+            while (a < b) {
+                Py_ssize_t mid = (a + b) >> 1;
+                if (l[mid] >= v)
+                    b = mid;
+                else
+                    a = mid + 1;
+            }
+            o[i] = c[a];
+        }
+    }
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&bo);
+    PyBuffer_Release(&bn);
+    PyBuffer_Release(&bl);
+    PyBuffer_Release(&bc);
+    PyBuffer_Release(&bx);
+    Py_RETURN_NONE;
+fail_o:
+    PyBuffer_Release(&bo);
+fail_n:
+    PyBuffer_Release(&bn);
+fail_l:
+    PyBuffer_Release(&bl);
+fail_c:
+    PyBuffer_Release(&bc);
+fail_x:
+    PyBuffer_Release(&bx);
+    return NULL;
+}
+
 static PyObject *py_solve(PyObject *self, PyObject *args)
 {
     PyObject *ov, *ow, *ops, *opl, *oout;
@@ -261,25 +458,8 @@ static PyObject *py_solve(PyObject *self, PyObject *args)
     if (work_reserve(&w, nmax, K) < 0) {
         bad = 1;
     } else {
-        for (Py_ssize_t i = 0; i < P; i++) {
-            Py_ssize_t n = pl[i];
-            prefix(&w, vals + ps[i], wts + ps[i], n, 1);
-            layers(&w, n, K - 1, 0, NULL);
-            /* last layer: only t = n */
-            double best = INFINITY;
-            Py_ssize_t bs_ = K - 1;
-            Py_ssize_t lo = K - 1;
-            for (Py_ssize_t s = lo; s <= n - 1; s++) {
-                double v = w.Eprev[s] + seg_cost(&w, s, n);
-                if (v < best) {
-                    best = v;
-                    bs_ = s;
-                }
-            }
-            int64_t *o = out + i * K;
-            o[K - 1] = bs_;
-            backtrack(&w, n, K - 1, bs_, o);
-        }
+        for (Py_ssize_t i = 0; i < P; i++)
+            solve_one(&w, vals + ps[i], wts + ps[i], pl[i], K, out + i * K);
     }
     Py_END_ALLOW_THREADS
     work_free(&w);
@@ -425,6 +605,8 @@ fail_v:
 static PyMethodDef methods[] = {
     {"solve", py_solve, METH_VARARGS, "Exact K-clustering of many sorted weighted problems."},
     {"side", py_side, METH_VARARGS, "One side of zero-kept problems: best cost per q."},
+    {"rows", py_rows, METH_VARARGS, "Exact clustering of sorted rows: centroids and extents."},
+    {"assign", py_assign, METH_VARARGS, "Replace every value by its cluster's centroid."},
     {NULL, NULL, 0, NULL},
 };
 

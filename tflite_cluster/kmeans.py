@@ -143,6 +143,8 @@ def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: boo
             if len(rest):
                 out[rest] = snap_rows(a[rest], k, method=method, zero_fixed=zero_fixed)
             return out
+    if not zero_fixed and kernel() == "c":
+        return _c_rows(a, k, integer)
     vals, wts, ptr, inv = _distinct(a, integer)
     m = np.diff(ptr)
     changed = m > k
@@ -499,6 +501,40 @@ def _c_solve(vals, wts, pstart, plen, K, integer):
     for ix, o in zip(parts, outs):
         starts[ix] = o
     return starts
+
+
+def _row_parts(R, N, K):
+    """Contiguous row ranges for the threads (one range when the work is small)."""
+    nt = min(_threads(), R)
+    if nt < 2 or R * K * N * np.log2(N + 1) < _THREAD_MIN_WORK:
+        return [(0, R)]
+    cuts = np.linspace(0, R, nt + 1).astype(int)
+    return list(zip(cuts[:-1], cuts[1:]))
+
+
+def _c_rows(a, K, integer):
+    """Every row clustered by the compiled kernel, end to end: rows sorted by numpy, then the
+    kernel finds each row's distinct values, solves, and writes the centroids back."""
+    R, N = a.shape
+    _check_table(K, N)
+    x = np.ascontiguousarray(a, np.float64)
+    srt = np.sort(x, axis=1)
+    cen = np.empty((R, K))
+    last = np.empty((R, K))
+    ncl = np.empty(R, np.int64)
+    out = np.empty((R, N))
+    parts = _row_parts(R, N, K)
+
+    def run(part):
+        r0, r1 = part
+        _dp.rows(srt[r0:r1], N, K, bool(integer), cen[r0:r1], last[r0:r1], ncl[r0:r1])
+        _dp.assign(x[r0:r1], N, K, cen[r0:r1], last[r0:r1], ncl[r0:r1], out[r0:r1])
+
+    if len(parts) == 1:
+        run(parts[0])
+    else:
+        list(_pool(len(parts)).map(run, parts))
+    return out.astype(a.dtype) if integer else out
 
 
 def _solve_exact(vals, wts, pstart, plen, K, integer):
