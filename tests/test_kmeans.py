@@ -436,3 +436,26 @@ def test_tolerance_zero_and_short_rows_stay_exact():
 def test_bad_tolerance(tol):
     with pytest.raises(ValueError, match="tolerance"):
         km.snap_rows(np.zeros((1, 4)), 2, tolerance=tol)
+
+
+# ----------------------------------------------------------------------------- distinct counts
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_count_distinct_matches_numpy(monkeypatch, compiled):
+    """The report's distinct counts (histograms, the compiled radix count, or np.unique) agree
+    with np.unique on values (-0.0 counts as 0.0)."""
+    from tflite_cluster import quant
+
+    if compiled and quant._count32 is None:
+        pytest.skip("compiled kernel not built")
+    if not compiled:
+        monkeypatch.setattr(quant, "_count32", None)
+    rng = np.random.default_rng(4)
+    base = np.round(rng.normal(size=50000), 3)
+    base[:100] = 0.0
+    base[100:200] = -0.0
+    for arr in (base.astype(np.float32), base.astype(np.float16), (base * 1000).astype(np.int32),
+                np.clip(base * 40, -128, 127).astype(np.int8), base.astype(np.float32)[:0],
+                rng.standard_normal((64, 3000)).astype(np.float32)):
+        assert quant.count_distinct(arr) == len(np.unique(arr.astype(np.float64))), arr.dtype
