@@ -11,7 +11,7 @@ setup(
         Extension(
             "tflite_cluster._dp",
             sources=["tflite_cluster/_dp.c"],
-            extra_compile_args=["-O3"],
+            extra_compile_args=["-O3", "-ffp-contract=off"],
             optional=True,
         )
     ]

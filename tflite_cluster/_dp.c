@@ -127,6 +127,61 @@ typedef struct {
     Py_ssize_t smin;      /* q - 1 */
 } Layer;
 
+#if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
+#define SCAN_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define SCAN_CLONES
+#endif
+
+typedef double v4d __attribute__((vector_size(32)));
+typedef long long v4l __attribute__((vector_size(32)));
+
+/* leftmost argmin over s in [lo, hi] of E[s] + cost(s, t) for float problems, four candidates
+ * at a time (the same arithmetic as seg_cost, in the same order, so the same values: the
+ * build turns off contraction into fused multiply-adds) */
+SCAN_CLONES
+static Py_ssize_t scan_float(const double *E, const double *W, const double *S1, const double *S2,
+                             double Wt, double S1t, double S2t, Py_ssize_t lo, Py_ssize_t hi,
+                             double *best_out)
+{
+    double best = INFINITY;
+    Py_ssize_t bs = lo, s = lo;
+    v4d bv = {INFINITY, INFINITY, INFINITY, INFINITY};
+    v4l bi = {lo, lo, lo, lo}, idx = {lo, lo + 1, lo + 2, lo + 3};
+    const v4l four = {4, 4, 4, 4};
+    const v4d wt = {Wt, Wt, Wt, Wt}, s1t = {S1t, S1t, S1t, S1t}, s2t = {S2t, S2t, S2t, S2t};
+    for (; s + 3 <= hi; s += 4) {
+        v4d e, w, a, b;
+        memcpy(&e, E + s, sizeof e);
+        memcpy(&w, W + s, sizeof w);
+        memcpy(&a, S1 + s, sizeof a);
+        memcpy(&b, S2 + s, sizeof b);
+        v4d dW = wt - w, d1 = s1t - a, d2 = s2t - b;
+        v4d v = e + (d2 - d1 * d1 / dW);
+        v4l m = v < bv;
+        bv = (v4d)(((v4l)v & m) | ((v4l)bv & ~m));
+        bi = (idx & m) | (bi & ~m);
+        idx += four;
+    }
+    for (int j = 0; j < 4; j++) {
+        if (bv[j] < best || (bv[j] == best && bi[j] < bs)) {
+            best = bv[j];
+            bs = (Py_ssize_t)bi[j];
+        }
+    }
+    for (; s <= hi; s++) {
+        double dW = Wt - W[s], d1 = S1t - S1[s], d2 = S2t - S2[s];
+        double v = E[s] + (d2 - d1 * d1 / dW);
+        if (v < best) {
+            best = v;
+            bs = s;
+        }
+    }
+    *best_out = best;
+    return bs;
+}
+
+#define SCAN_MIN 7 /* candidate ranges at least this wide go to scan_float */
 static void dc(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
 {
     while (tl <= tr) {
@@ -137,11 +192,17 @@ static void dc(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_s
             lo = L->Aprev[mid];
         double best = INFINITY;
         Py_ssize_t bs = lo;
-        for (Py_ssize_t s = lo; s <= hi; s++) {
-            double v = L->Eprev[s] + seg_cost(L->w, s, mid);
-            if (v < best) {
-                best = v;
-                bs = s;
+        if (!L->w->integer && hi - lo >= SCAN_MIN) {
+            const Work *w = L->w;
+            bs = scan_float(L->Eprev, w->W, w->S1, w->S2, w->W[mid], w->S1[mid], w->S2[mid], lo,
+                            hi, &best);
+        } else {
+            for (Py_ssize_t s = lo; s <= hi; s++) {
+                double v = L->Eprev[s] + seg_cost(L->w, s, mid);
+                if (v < best) {
+                    best = v;
+                    bs = s;
+                }
             }
         }
         L->Ecur[mid] = best;
