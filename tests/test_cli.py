@@ -46,6 +46,7 @@ def model_file(tmp_path):
 def test_version(capsys):
     code, out, _ = run(["--version"], capsys)
     assert code == 0 and __version__ in out
+    assert "exact kernel: c" in out or "exact kernel: numpy" in out
 
 
 def test_cluster_writes_output_and_report(model_file, tmp_path, capsys):
@@ -379,3 +380,36 @@ def test_failure_mid_write_leaves_input_intact(model_file, capsys, monkeypatch):
     assert_one_line_error(code, err, "No space left on device")
     assert model_file.read_bytes() == before
     assert files_in(model_file.parent) == ["m.tflite"]
+
+
+def test_tolerance_certified_tensors_reported_and_run(tmp_path, capsys):
+    """A float32 FULLY_CONNECTED weight of 96,000 values per tensor: by default it is solved on
+    a grid with a certified gap (reported per tensor and in the summary), with --tolerance 0
+    exactly; both outputs stay close to the original under LiteRT, and the certified SSE is
+    within its bound of the exact one."""
+    compare = pytest.importorskip("tflite_cluster.compare")
+    rng = np.random.default_rng(3)
+    layers = [mb.FullyConnected((rng.laplace(size=(320, 300)) * 0.05).astype(np.float32),
+                                np.zeros(320, np.float32), name="wide")]
+    src = tmp_path / "wide.tflite"
+    src.write_bytes(mb.sequential_model(layers, (1, 300)))
+    results = {}
+    for tol in ("1e-4", "0"):
+        out, rep = tmp_path / f"o{tol}.tflite", tmp_path / f"r{tol}.json"
+        code, stdout, err = run(["cluster", src, "-o", out, "--granularity", "tensor",
+                                 "--tolerance", tol, "--report", rep], capsys)
+        assert code == 0, err
+        t = next(t for t in json.loads(rep.read_text())["tensors"] if t["name"] == "wide/weights")
+        results[tol] = t
+        assert t["unique_after"] <= 16
+        assert compare.compare(src.read_bytes(), out.read_bytes(), samples=4).min_sqnr_db > 15
+        if tol == "0":
+            assert t["optimality_gap"] == 0.0 and "fine grid" not in stdout
+        else:
+            assert 0 < t["optimality_gap"] <= 1e-4
+            assert "proven within" in stdout and "certified bound" in t["note"]
+    excess = results["1e-4"]["mse"] / results["0"]["mse"] - 1
+    assert -1e-9 <= excess <= results["1e-4"]["optimality_gap"] + 1e-9
+    code, _, err = run(["cluster", src, "-o", tmp_path / "x.tflite", "--tolerance", "0.5"], capsys)
+    assert_one_line_error(code, err, "tolerance")
+    assert not (tmp_path / "x.tflite").exists()

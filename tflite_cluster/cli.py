@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from . import __version__
+from . import __version__, kmeans
 from .clustering import ClusterReport, cluster
 from .config import ClusterConfig, Granularity, Init, Method, Space, load_config
 from .errors import ClusterError, ConfigError, InputFileError, OutputError
@@ -638,7 +638,8 @@ def _run_budget(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Post-training weight clustering of .tflite models.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action="version",
+                        version=f"{PROG} {__version__} (exact kernel: {kmeans.kernel()})")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     _add_cluster(sub)
     _add_inspect(sub)

@@ -143,8 +143,8 @@ def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: boo
             if len(rest):
                 out[rest] = snap_rows(a[rest], k, method=method, zero_fixed=zero_fixed)
             return out
-    if not zero_fixed and kernel() == "c":
-        return _c_rows(a, k, integer)
+    if not zero_fixed and not integer and kernel() == "c":
+        return _c_rows(a, k, integer)  # (integer rows: histograms below beat sorting)
     vals, wts, ptr, inv = _distinct(a, integer)
     m = np.diff(ptr)
     changed = m > k
