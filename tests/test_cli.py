@@ -413,3 +413,25 @@ def test_tolerance_certified_tensors_reported_and_run(tmp_path, capsys):
     code, _, err = run(["cluster", src, "-o", tmp_path / "x.tflite", "--tolerance", "0.5"], capsys)
     assert_one_line_error(code, err, "tolerance")
     assert not (tmp_path / "x.tflite").exists()
+
+
+def test_too_large_for_the_exact_method_is_a_skip_with_a_reason(tmp_path, capsys, monkeypatch):
+    """A row whose exact table would pass the limit is skipped with the reason (exit 0, the
+    rest still clustered), and --strict turns that into exit 1 with nothing written."""
+    from tflite_cluster import kmeans
+
+    monkeypatch.setattr(kmeans, "_TABLE_LIMIT", 16 * 200 * 4)  # rows over ~200 values
+    src = tmp_path / "m.tflite"
+    src.write_bytes(mb.conv_model("float32"))
+    out, rep = tmp_path / "o.tflite", tmp_path / "r.json"
+    code, stdout, err = run(["cluster", src, "-o", out, "--granularity", "tensor",
+                             "--min-elements", "100", "--report", rep], capsys)
+    assert code == 0, err
+    tensors = {t["name"]: t for t in json.loads(rep.read_text())["tensors"]}
+    big = [t for t in tensors.values() if t["elements"] > 200]
+    assert big and all("too large for the exact method" in t["skipped"] for t in big)
+    assert any(t["skipped"] is None for t in tensors.values())  # the 144-weight depthwise
+    code, stdout, err = run(["cluster", src, "-o", tmp_path / "s.tflite", "--granularity",
+                             "tensor", "--min-elements", "100", "--strict"], capsys)
+    assert code == 1 and "--strict" in err and "too large" in stdout + err
+    assert not (tmp_path / "s.tflite").exists()

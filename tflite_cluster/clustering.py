@@ -204,9 +204,12 @@ def _cluster_tensor(stored, w: tfl.WeightTensor, s: Settings, config: ClusterCon
     blocks = []
     for block in rows.split(values):
         info = {}
-        blocks.append(snap(block, s.k, method=s.method.value, integer=space == Space.INT8,
-                           zero_fixed=s.preserve_sparsity, init=s.init.value, seed=config.seed,
-                           tolerance=s.tolerance, info=info))
+        try:
+            blocks.append(snap(block, s.k, method=s.method.value, integer=space == Space.INT8,
+                               zero_fixed=s.preserve_sparsity, init=s.init.value,
+                               seed=config.seed, tolerance=s.tolerance, info=info))
+        except kmeans.ProblemTooLarge as exc:
+            raise UnsupportedModelError(w.name, f"{exc}") from None
         gap = max(gap, info.get("gap", 0.0))
     snapped = rows.join(blocks)
     if gap > 0:

@@ -72,7 +72,8 @@ try:  # the optional compiled kernel (tflite_cluster/_dp.c); numpy kernels other
 except ImportError:  # pragma: no cover - depends on the build
     _dp = None
 
-__all__ = ["ATOM_MIN", "INITS", "MAX_TOLERANCE", "METHODS", "kernel", "optimal_sse_bruteforce", "snap_rows", "sse"]
+__all__ = ["ATOM_MIN", "INITS", "MAX_TOLERANCE", "METHODS", "ProblemTooLarge", "kernel",
+           "optimal_sse_bruteforce", "snap_rows", "sse"]
 
 METHODS = ("optimal", "kmeans")
 INITS = ("linear", "kmeans++", "density", "random")
@@ -95,6 +96,10 @@ _FLOAT_EXACT = float(1 << 52)  # integer sums below this are exact in float64
 
 
 # ----------------------------------------------------------------------------- public API
+
+
+class ProblemTooLarge(ValueError):
+    """A row too large for the exact method (its backtracking table would pass 2 GiB)."""
 
 
 def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: bool = False,
@@ -445,9 +450,9 @@ def kernel() -> str:
 
 def _check_table(K, n):
     if K * (n + 1) * 4 > _TABLE_LIMIT:
-        raise ValueError(f"problem too large for the exact method: k={K} over {n} "
-                         f"distinct values needs a {K * (n + 1) * 4 / 2**30:.1f} GiB table; "
-                         "use fewer clusters, smaller rows or method='kmeans'")
+        raise ProblemTooLarge(f"too large for the exact method: k={K} over {n} values needs a "
+                              f"{K * (n + 1) * 4 / 2**30:.1f} GiB table; use a tolerance > 0 "
+                              "(certified), fewer clusters, smaller rows or method kmeans")
 
 
 def _threads() -> int:
@@ -712,9 +717,10 @@ def _solve_chunk(x, w, pstart, plen, ids, K, integer, tail, allq, idx):
     M = int(plen.max()) + (K - 1 if allq else 0)
     b = M - K + 1
     if K * R * b * 4 > _TABLE_LIMIT:
-        raise ValueError(f"problem too large for the exact method: k={K} over {int(plen.max())} "
-                         f"distinct values needs a {K * R * b * 4 / 2**30:.1f} GiB table; "
-                         "use fewer clusters, smaller rows or method='kmeans'")
+        raise ProblemTooLarge(f"too large for the exact method: k={K} over {int(plen.max())} "
+                              f"values needs a {K * R * b * 4 / 2**30:.1f} GiB table; use a "
+                              "tolerance > 0 (certified), fewer clusters, smaller rows or "
+                              "method kmeans")
     # padded points: copies of the last point with weight 1 (keeps the instance valid)
     j = np.arange(M, dtype=np.int64)
     src = pstart[:, None] + np.minimum(j[None, :], plen[:, None] - 1)
