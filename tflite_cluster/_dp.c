@@ -182,37 +182,96 @@ static Py_ssize_t scan_float(const double *E, const double *W, const double *S1,
 }
 
 #define SCAN_MIN 7 /* candidate ranges at least this wide go to scan_float */
+/* one node of the divide and conquer: E_q(mid) and its leftmost optimal s within [sl, sr] */
+static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssize_t sr)
+{
+    Py_ssize_t lo = sl > L->smin ? sl : L->smin;
+    Py_ssize_t hi = sr < mid - 1 ? sr : mid - 1;
+    if (L->Aprev && mid <= L->prev_hi && L->Aprev[mid] > lo)
+        lo = L->Aprev[mid];
+    double best = INFINITY;
+    Py_ssize_t bs = lo;
+    if (!L->w->integer && hi - lo >= SCAN_MIN) {
+        const Work *w = L->w;
+        bs = scan_float(L->Eprev, w->W, w->S1, w->S2, w->W[mid], w->S1[mid], w->S2[mid], lo, hi,
+                        &best);
+    } else {
+        for (Py_ssize_t s = lo; s <= hi; s++) {
+            double v = L->Eprev[s] + seg_cost(L->w, s, mid);
+            if (v < best) {
+                best = v;
+                bs = s;
+            }
+        }
+    }
+    L->Ecur[mid] = best;
+    L->Acur[mid] = (int32_t)bs;
+    return bs;
+}
+
 static void dc(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
 {
     while (tl <= tr) {
         Py_ssize_t mid = (tl + tr) >> 1;
-        Py_ssize_t lo = sl > L->smin ? sl : L->smin;
-        Py_ssize_t hi = sr < mid - 1 ? sr : mid - 1;
-        if (L->Aprev && mid <= L->prev_hi && L->Aprev[mid] > lo)
-            lo = L->Aprev[mid];
-        double best = INFINITY;
-        Py_ssize_t bs = lo;
-        if (!L->w->integer && hi - lo >= SCAN_MIN) {
-            const Work *w = L->w;
-            bs = scan_float(L->Eprev, w->W, w->S1, w->S2, w->W[mid], w->S1[mid], w->S2[mid], lo,
-                            hi, &best);
-        } else {
-            for (Py_ssize_t s = lo; s <= hi; s++) {
-                double v = L->Eprev[s] + seg_cost(L->w, s, mid);
-                if (v < best) {
-                    best = v;
-                    bs = s;
-                }
-            }
-        }
-        L->Ecur[mid] = best;
-        L->Acur[mid] = (int32_t)bs;
+        Py_ssize_t bs = dc_eval(L, mid, sl, sr);
         if (tr - tl < 1) break;
         dc(L, tl, mid - 1, sl, bs);
         tl = mid + 1;
         sl = bs;
     }
 }
+
+/* Big layers are split over threads: the top nodes are evaluated here, then the halves
+ * below them run at once (they write disjoint entries and read only the previous layer). */
+#define PAR_MIN 16384 /* end points per layer from which a layer is split */
+static int dc_depth = 0; /* split levels: up to 2**dc_depth threads (set_threads) */
+
+#ifndef _WIN32
+#include <pthread.h>
+
+typedef struct {
+    const Layer *L;
+    Py_ssize_t tl, tr, sl, sr;
+    int depth;
+} DcArgs;
+
+static void dc_split(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr,
+                     int depth);
+
+static void *dc_thread(void *p)
+{
+    DcArgs *a = p;
+    dc_split(a->L, a->tl, a->tr, a->sl, a->sr, a->depth);
+    return NULL;
+}
+
+static void dc_split(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr,
+                     int depth)
+{
+    if (depth <= 0 || tr - tl < PAR_MIN) {
+        dc(L, tl, tr, sl, sr);
+        return;
+    }
+    Py_ssize_t mid = (tl + tr) >> 1;
+    Py_ssize_t bs = dc_eval(L, mid, sl, sr);
+    DcArgs left = {L, tl, mid - 1, sl, bs, depth - 1};
+    pthread_t th;
+    if (pthread_create(&th, NULL, dc_thread, &left) != 0) {
+        dc_split(L, tl, mid - 1, sl, bs, 0);
+        dc_split(L, mid + 1, tr, bs, sr, depth - 1);
+        return;
+    }
+    dc_split(L, mid + 1, tr, bs, sr, depth - 1);
+    pthread_join(th, NULL);
+}
+#else
+static void dc_split(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr,
+                     int depth)
+{
+    (void)depth;
+    dc(L, tl, tr, sl, sr);
+}
+#endif
 
 /* Layers 1..Q over end points t <= tmax_q (all layers cover t up to n when full). Layer q's
  * values for t in [q, hi_q] end in w->Eprev after each step; A rows 2..Q are filled. With
@@ -231,7 +290,7 @@ static void layers(Work *w, Py_ssize_t n, int Q, int full, double *keep)
         for (Py_ssize_t t = 0; t <= n; t++) w->Ecur[t] = INFINITY;
         Layer L = {w, w->Eprev, w->Ecur, Acur,
                    q > 2 ? w->A + (Py_ssize_t)(q - 1) * (n + 1) : NULL, prev_hi, q - 1};
-        if (lo <= hi) dc(&L, lo, hi, q - 1, hi - 1);
+        if (lo <= hi) dc_split(&L, lo, hi, q - 1, hi - 1, dc_depth);
         double *tmp = w->Eprev;
         w->Eprev = w->Ecur;
         w->Ecur = tmp;
@@ -722,11 +781,22 @@ static PyObject *py_count32(PyObject *self, PyObject *args)
     return PyLong_FromLongLong(count);
 }
 
+static PyObject *py_set_threads(PyObject *self, PyObject *args)
+{
+    int n;
+    if (!PyArg_ParseTuple(args, "i", &n)) return NULL;
+    int d = 0;
+    while ((1 << (d + 1)) <= n && d < 4) d++;
+    dc_depth = d;
+    return PyLong_FromLong(1L << d);
+}
+
 static PyMethodDef methods[] = {
     {"solve", py_solve, METH_VARARGS, "Exact K-clustering of many sorted weighted problems."},
     {"side", py_side, METH_VARARGS, "One side of zero-kept problems: best cost per q."},
     {"rows", py_rows, METH_VARARGS, "Exact clustering of sorted rows: centroids and extents."},
     {"assign", py_assign, METH_VARARGS, "Replace every value by its cluster's centroid."},
+    {"set_threads", py_set_threads, METH_VARARGS, "Threads for one big problem (a power of 2)."},
     {"count32", py_count32, METH_VARARGS, "Number of distinct 4-byte values (float32 aware)."},
     {NULL, NULL, 0, NULL},
 };

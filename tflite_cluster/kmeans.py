@@ -462,6 +462,9 @@ def _threads() -> int:
         return max(1, min(os.cpu_count() or 1, 8))
 
 
+if _dp is not None:
+    _dp.set_threads(_threads())  # one big problem's layers are split over this many threads
+
 _POOL = None
 
 
