@@ -459,3 +459,23 @@ def test_count_distinct_matches_numpy(monkeypatch, compiled):
                 np.clip(base * 40, -128, 127).astype(np.int8), base.astype(np.float32)[:0],
                 rng.standard_normal((64, 3000)).astype(np.float32)):
         assert quant.count_distinct(arr) == len(np.unique(arr.astype(np.float64))), arr.dtype
+
+
+@pytest.mark.skipif(km._dp is None, reason="compiled kernel not built")
+def test_compiled_big_rows_split_over_threads_match(monkeypatch):
+    """Rows long enough for the compiled kernel to split each layer over threads give the same
+    clustering on one thread and the same optimum as the numpy kernel."""
+    rng = np.random.default_rng(17)
+    a = rng.laplace(size=(2, 40000))
+    a[1] = np.round(a[1], 2)  # ties
+    try:
+        assert km._dp.set_threads(1) == 1
+        one = km.snap_rows(a, 16)
+        assert km._dp.set_threads(2) == 2
+        two = km.snap_rows(a, 16)
+    finally:
+        km._dp.set_threads(km._threads())
+    np.testing.assert_array_equal(one, two)
+    monkeypatch.setenv("TFLITE_CLUSTER_KERNEL", "numpy")
+    ref = km.snap_rows(a, 16)
+    np.testing.assert_allclose(km.sse(a, two), km.sse(a, ref), rtol=1e-11)
