@@ -91,6 +91,7 @@ _LEAF_WIDTH = 64  # ... when their common candidate range is at most this wide
 _PAD_MAX = 32  # other narrower candidate ranges are evaluated as padded blocks
 _SLICE_MIN = 4096  # wider ones one node at a time, as slices
 _TABLE_LIMIT = 1 << 31  # bytes of backtracking table allowed for one problem
+_SORT_INT_MAX = 4096  # integer rows up to this long take the compiled kernel's sorted-row path
 _THREAD_MIN_WORK = 2e6  # estimated evaluations below which the compiled kernel runs on one thread
 _FLOAT_EXACT = float(1 << 52)  # integer sums below this are exact in float64
 
@@ -148,8 +149,8 @@ def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: boo
             if len(rest):
                 out[rest] = snap_rows(a[rest], k, method=method, zero_fixed=zero_fixed)
             return out
-    if not zero_fixed and not integer and kernel() == "c":
-        return _c_rows(a, k, integer)  # (integer rows: histograms below beat sorting)
+    if not zero_fixed and kernel() == "c" and (not integer or a.shape[1] <= _SORT_INT_MAX):
+        return _c_rows(a, k, integer)  # (long integer rows: the histograms below beat sorting)
     vals, wts, ptr, inv = _distinct(a, integer)
     m = np.diff(ptr)
     changed = m > k
