@@ -189,12 +189,14 @@ static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssiz
     Py_ssize_t hi = sr < mid - 1 ? sr : mid - 1;
     if (L->Aprev && mid <= L->prev_hi && L->Aprev[mid] > lo)
         lo = L->Aprev[mid];
-    double best = INFINITY;
+    double best = INFINITY; /* (not address-taken: stays in a register in the loop) */
     Py_ssize_t bs = lo;
     if (!L->w->integer && hi - lo >= SCAN_MIN) {
         const Work *w = L->w;
+        double got;
         bs = scan_float(L->Eprev, w->W, w->S1, w->S2, w->W[mid], w->S1[mid], w->S2[mid], lo, hi,
-                        &best);
+                        &got);
+        best = got;
     } else {
         for (Py_ssize_t s = lo; s <= hi; s++) {
             double v = L->Eprev[s] + seg_cost(L->w, s, mid);
