@@ -479,3 +479,26 @@ def test_compiled_big_rows_split_over_threads_match(monkeypatch):
     monkeypatch.setenv("TFLITE_CLUSTER_KERNEL", "numpy")
     ref = km.snap_rows(a, 16)
     np.testing.assert_allclose(km.sse(a, two), km.sse(a, ref), rtol=1e-11)
+
+
+@pytest.mark.skipif(km._dp is None, reason="compiled kernel not built")
+def test_compiled_kernel_rejects_bad_buffers():
+    """Wrong sizes, ranges or read-only outputs raise (they never write out of bounds)."""
+    dp = km._dp
+    i64 = np.int64
+    with pytest.raises(ValueError, match="wts"):
+        dp.solve(np.zeros(3), np.zeros(2), np.zeros(1, i64), np.ones(1, i64), 2, False,
+                 np.zeros(2, i64))
+    with pytest.raises(ValueError, match="out of range"):
+        dp.solve(np.zeros(3), np.ones(3), np.array([2], i64), np.array([3], i64), 2, False,
+                 np.zeros(2, i64))
+    with pytest.raises(ValueError, match="rows"):
+        dp.rows(np.zeros(7), 2, 2, False, np.zeros(6), np.zeros(6), np.zeros(3, i64))
+    with pytest.raises(ValueError, match="cluster count"):
+        dp.assign(np.zeros(4), 2, 2, np.zeros(4), np.zeros(4), np.array([0, 1], i64), np.zeros(4))
+    with pytest.raises(ValueError, match="out of range"):
+        dp.side(np.zeros(3), np.ones(3), np.array([5], i64), np.array([2], i64), 2, False, False,
+                np.zeros(3), np.zeros(3, i64), np.zeros(9, i64))
+    with pytest.raises(BufferError):
+        dp.solve(np.zeros(3), np.ones(3), np.zeros(1, i64), np.array([3], i64), 2, False,
+                 b"\0" * 16)

@@ -312,29 +312,33 @@ static void backtrack(const Work *w, Py_ssize_t n, int q, Py_ssize_t t, int64_t 
     if (q >= 1) out[0] = 0;
 }
 
-static int get_buf(PyObject *o, Py_buffer *b, int writable, Py_ssize_t itemsize, Py_ssize_t count,
-                   const char *name)
+/* The buffers one call holds, released together (in reverse) on every way out. */
+typedef struct {
+    Py_buffer b[8];
+    int n;
+} Bufs;
+
+static void bufs_release(Bufs *B)
 {
-    if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0)
-        return -1;
-    if (b->len != itemsize * count) {
-        PyErr_Format(PyExc_ValueError, "%s: expected %zd bytes, got %zd", name, itemsize * count,
-                     b->len);
-        PyBuffer_Release(b);
-        return -1;
-    }
-    return 0;
+    while (B->n > 0) PyBuffer_Release(&B->b[--B->n]);
 }
 
-static int get_problems(PyObject *ps, PyObject *pl, Py_buffer *bs, Py_buffer *bl, Py_ssize_t *P)
+/* a C-contiguous buffer of ``count`` items of ``itemsize`` bytes (count < 0: any whole number
+ * of items, stored in *count_out when given); NULL with an exception set otherwise */
+static void *bufs_get(Bufs *B, PyObject *o, int writable, Py_ssize_t itemsize, Py_ssize_t count,
+                      const char *name, Py_ssize_t *count_out)
 {
-    if (PyObject_GetBuffer(ps, bs, PyBUF_C_CONTIGUOUS) < 0) return -1;
-    *P = bs->len / 8;
-    if (get_buf(pl, bl, 0, 8, *P, "plen") < 0) {
-        PyBuffer_Release(bs);
-        return -1;
+    Py_buffer *b = &B->b[B->n];
+    if (PyObject_GetBuffer(o, b, PyBUF_C_CONTIGUOUS | (writable ? PyBUF_WRITABLE : 0)) < 0)
+        return NULL;
+    B->n++;
+    if (count < 0 ? b->len % itemsize != 0 : b->len != itemsize * count) {
+        PyErr_Format(PyExc_ValueError, "%s: %zd bytes, not %s %zd-byte items", name, b->len,
+                     count < 0 ? "whole" : "the expected", itemsize);
+        return NULL;
     }
-    return 0;
+    if (count_out) *count_out = b->len / itemsize;
+    return b->buf;
 }
 
 static int check_problems(const int64_t *ps, const int64_t *pl, Py_ssize_t P, Py_ssize_t nvals,
@@ -391,20 +395,18 @@ static PyObject *py_rows(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "K and N must be >= 1");
         return NULL;
     }
-    Py_buffer bx, bc, bl, bn;
-    if (PyObject_GetBuffer(osrt, &bx, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    Py_ssize_t R = bx.len / 8 / N;
-    if (bx.len != R * N * 8) {
-        PyErr_SetString(PyExc_ValueError, "sorted: size is not a multiple of N float64");
-        PyBuffer_Release(&bx);
-        return NULL;
+    Bufs B = {.n = 0};
+    Py_ssize_t total = 0;
+    const double *X = bufs_get(&B, osrt, 0, 8, -1, "sorted", &total);
+    Py_ssize_t R = total / N;
+    if (X && R * N != total) {
+        PyErr_SetString(PyExc_ValueError, "sorted: not a whole number of rows of N values");
+        X = NULL;
     }
-    if (get_buf(ocen, &bc, 1, 8, R * K, "cent") < 0) goto fail_x;
-    if (get_buf(olast, &bl, 1, 8, R * K, "last") < 0) goto fail_c;
-    if (get_buf(oncl, &bn, 1, 8, R, "ncl") < 0) goto fail_l;
-    const double *X = bx.buf;
-    double *C = bc.buf, *L = bl.buf;
-    int64_t *NC = bn.buf;
+    double *C = X ? bufs_get(&B, ocen, 1, 8, R * K, "cent", NULL) : NULL;
+    double *L = C ? bufs_get(&B, olast, 1, 8, R * K, "last", NULL) : NULL;
+    int64_t *NC = L ? bufs_get(&B, oncl, 1, 8, R, "ncl", NULL) : NULL;
+    if (!NC) goto fail;
     Work w;
     memset(&w, 0, sizeof w);
     w.integer = integer;
@@ -463,21 +465,12 @@ static PyObject *py_rows(PyObject *self, PyObject *args)
     work_free(&w);
     if (bad) {
         PyErr_NoMemory();
-        goto fail_n;
+        goto fail;
     }
-    PyBuffer_Release(&bn);
-    PyBuffer_Release(&bl);
-    PyBuffer_Release(&bc);
-    PyBuffer_Release(&bx);
+    bufs_release(&B);
     Py_RETURN_NONE;
-fail_n:
-    PyBuffer_Release(&bn);
-fail_l:
-    PyBuffer_Release(&bl);
-fail_c:
-    PyBuffer_Release(&bc);
-fail_x:
-    PyBuffer_Release(&bx);
+fail:
+    bufs_release(&B);
     return NULL;
 }
 
@@ -493,25 +486,23 @@ static PyObject *py_assign(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "K and N must be >= 1");
         return NULL;
     }
-    Py_buffer bx, bc, bl, bn, bo;
-    if (PyObject_GetBuffer(ox, &bx, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    Py_ssize_t R = bx.len / 8 / N;
-    if (bx.len != R * N * 8) {
-        PyErr_SetString(PyExc_ValueError, "x: size is not a multiple of N float64");
-        PyBuffer_Release(&bx);
-        return NULL;
+    Bufs B = {.n = 0};
+    Py_ssize_t total = 0;
+    const double *X = bufs_get(&B, ox, 0, 8, -1, "x", &total);
+    Py_ssize_t R = total / N;
+    if (X && R * N != total) {
+        PyErr_SetString(PyExc_ValueError, "x: not a whole number of rows of N values");
+        X = NULL;
     }
-    if (get_buf(ocen, &bc, 0, 8, R * K, "cent") < 0) goto fail_x;
-    if (get_buf(olast, &bl, 0, 8, R * K, "last") < 0) goto fail_c;
-    if (get_buf(oncl, &bn, 0, 8, R, "ncl") < 0) goto fail_l;
-    if (get_buf(oout, &bo, 1, 8, R * N, "out") < 0) goto fail_n;
-    const double *X = bx.buf, *C = bc.buf, *L = bl.buf;
-    const int64_t *NC = bn.buf;
-    double *O = bo.buf;
+    const double *C = X ? bufs_get(&B, ocen, 0, 8, R * K, "cent", NULL) : NULL;
+    const double *L = C ? bufs_get(&B, olast, 0, 8, R * K, "last", NULL) : NULL;
+    const int64_t *NC = L ? bufs_get(&B, oncl, 0, 8, R, "ncl", NULL) : NULL;
+    double *O = NC ? bufs_get(&B, oout, 1, 8, R * N, "out", NULL) : NULL;
+    if (!O) goto fail;
     for (Py_ssize_t r = 0; r < R; r++) {
         if (NC[r] < 1 || NC[r] > K) {
             PyErr_Format(PyExc_ValueError, "row %zd: bad cluster count", r);
-            goto fail_o;
+            goto fail;
         }
     }
     Py_BEGIN_ALLOW_THREADS
@@ -533,22 +524,10 @@ static PyObject *py_assign(PyObject *self, PyObject *args)
         }
     }
     Py_END_ALLOW_THREADS
-    PyBuffer_Release(&bo);
-    PyBuffer_Release(&bn);
-    PyBuffer_Release(&bl);
-    PyBuffer_Release(&bc);
-    PyBuffer_Release(&bx);
+    bufs_release(&B);
     Py_RETURN_NONE;
-fail_o:
-    PyBuffer_Release(&bo);
-fail_n:
-    PyBuffer_Release(&bn);
-fail_l:
-    PyBuffer_Release(&bl);
-fail_c:
-    PyBuffer_Release(&bc);
-fail_x:
-    PyBuffer_Release(&bx);
+fail:
+    bufs_release(&B);
     return NULL;
 }
 
@@ -562,16 +541,14 @@ static PyObject *py_solve(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "K must be >= 2");
         return NULL;
     }
-    Py_buffer bv, bw, bs, bl, bo;
-    if (PyObject_GetBuffer(ov, &bv, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    Py_ssize_t nvals = bv.len / 8, P = 0, nmax = 0;
-    if (get_buf(ow, &bw, 0, 8, nvals, "wts") < 0) goto fail_v;
-    if (get_problems(ops, opl, &bs, &bl, &P) < 0) goto fail_w;
-    if (get_buf(oout, &bo, 1, 8, P * K, "out") < 0) goto fail_p;
-    const double *vals = bv.buf, *wts = bw.buf;
-    const int64_t *ps = bs.buf, *pl = bl.buf;
-    int64_t *out = bo.buf;
-    if (check_problems(ps, pl, P, nvals, K, 1, &nmax) < 0) goto fail_o;
+    Bufs B = {.n = 0};
+    Py_ssize_t nvals = 0, P = 0, nmax = 0;
+    const double *vals = bufs_get(&B, ov, 0, 8, -1, "vals", &nvals);
+    const double *wts = vals ? bufs_get(&B, ow, 0, 8, nvals, "wts", NULL) : NULL;
+    const int64_t *ps = wts ? bufs_get(&B, ops, 0, 8, -1, "pstart", &P) : NULL;
+    const int64_t *pl = ps ? bufs_get(&B, opl, 0, 8, P, "plen", NULL) : NULL;
+    int64_t *out = pl ? bufs_get(&B, oout, 1, 8, P * K, "out", NULL) : NULL;
+    if (!out || check_problems(ps, pl, P, nvals, K, 1, &nmax) < 0) goto fail;
     Work w;
     memset(&w, 0, sizeof w);
     w.integer = integer;
@@ -587,30 +564,18 @@ static PyObject *py_solve(PyObject *self, PyObject *args)
     work_free(&w);
     if (bad) {
         PyErr_NoMemory();
-        goto fail_o;
+        goto fail;
     }
-    PyBuffer_Release(&bo);
-    PyBuffer_Release(&bl);
-    PyBuffer_Release(&bs);
-    PyBuffer_Release(&bw);
-    PyBuffer_Release(&bv);
+    bufs_release(&B);
     Py_RETURN_NONE;
-fail_o:
-    PyBuffer_Release(&bo);
-fail_p:
-    PyBuffer_Release(&bl);
-    PyBuffer_Release(&bs);
-fail_w:
-    PyBuffer_Release(&bw);
-fail_v:
-    PyBuffer_Release(&bv);
+fail:
+    bufs_release(&B);
     return NULL;
 }
 
 static PyObject *py_side(PyObject *self, PyObject *args)
 {
-    /* problems run from pstart[i] downwards when plen is given for the mirrored side: the caller
-     * passes mirrored=1 and pstart = index of the point nearest... (see kmeans._side) */
+    /* with ``mirror``, problem i is the points pstart[i], pstart[i] - 1, ... negated */
     PyObject *ov, *ow, *ops, *opl, *oF, *oT, *oS;
     int K, integer, mirror;
     if (!PyArg_ParseTuple(args, "OOOOippOOO", &ov, &ow, &ops, &opl, &K, &integer, &mirror, &oF,
@@ -620,24 +585,22 @@ static PyObject *py_side(PyObject *self, PyObject *args)
         PyErr_SetString(PyExc_ValueError, "K must be >= 1");
         return NULL;
     }
-    Py_buffer bv, bw, bs, bl, bF, bT, bS;
-    if (PyObject_GetBuffer(ov, &bv, PyBUF_C_CONTIGUOUS) < 0) return NULL;
-    Py_ssize_t nvals = bv.len / 8, P = 0, nmax = 0;
-    if (get_buf(ow, &bw, 0, 8, nvals, "wts") < 0) goto fail_v;
-    if (get_problems(ops, opl, &bs, &bl, &P) < 0) goto fail_w;
-    if (get_buf(oF, &bF, 1, 8, P * (K + 1), "F") < 0) goto fail_p;
-    if (get_buf(oT, &bT, 1, 8, P * (K + 1), "T") < 0) goto fail_F;
-    if (get_buf(oS, &bS, 1, 8, P * (K + 1) * (K + 1), "S") < 0) goto fail_T;
-    const double *vals = bv.buf, *wts = bw.buf;
-    const int64_t *ps = bs.buf, *pl = bl.buf;
-    double *F = bF.buf;
-    int64_t *T = bT.buf, *S = bS.buf;
+    Bufs B = {.n = 0};
+    Py_ssize_t nvals = 0, P = 0, nmax = 0;
+    const double *vals = bufs_get(&B, ov, 0, 8, -1, "vals", &nvals);
+    const double *wts = vals ? bufs_get(&B, ow, 0, 8, nvals, "wts", NULL) : NULL;
+    const int64_t *ps = wts ? bufs_get(&B, ops, 0, 8, -1, "pstart", &P) : NULL;
+    const int64_t *pl = ps ? bufs_get(&B, opl, 0, 8, P, "plen", NULL) : NULL;
+    double *F = pl ? bufs_get(&B, oF, 1, 8, P * (K + 1), "F", NULL) : NULL;
+    int64_t *T = F ? bufs_get(&B, oT, 1, 8, P * (K + 1), "T", NULL) : NULL;
+    int64_t *S = T ? bufs_get(&B, oS, 1, 8, P * (K + 1) * (K + 1), "S", NULL) : NULL;
+    if (!S) goto fail;
     /* mirrored problems run backwards from pstart: check them as [pstart - plen + 1, pstart] */
     for (Py_ssize_t i = 0; i < P; i++) {
         Py_ssize_t a = mirror ? ps[i] - pl[i] + 1 : ps[i];
         if (pl[i] < 0 || a < 0 || a + pl[i] > nvals || pl[i] >= INT32_MAX) {
             PyErr_Format(PyExc_ValueError, "problem %zd out of range", i);
-            goto fail_S;
+            goto fail;
         }
         if (pl[i] > nmax) nmax = pl[i];
     }
@@ -698,29 +661,12 @@ static PyObject *py_side(PyObject *self, PyObject *args)
     work_free(&w);
     if (bad) {
         PyErr_NoMemory();
-        goto fail_S;
+        goto fail;
     }
-    PyBuffer_Release(&bS);
-    PyBuffer_Release(&bT);
-    PyBuffer_Release(&bF);
-    PyBuffer_Release(&bl);
-    PyBuffer_Release(&bs);
-    PyBuffer_Release(&bw);
-    PyBuffer_Release(&bv);
+    bufs_release(&B);
     Py_RETURN_NONE;
-fail_S:
-    PyBuffer_Release(&bS);
-fail_T:
-    PyBuffer_Release(&bT);
-fail_F:
-    PyBuffer_Release(&bF);
-fail_p:
-    PyBuffer_Release(&bl);
-    PyBuffer_Release(&bs);
-fail_w:
-    PyBuffer_Release(&bw);
-fail_v:
-    PyBuffer_Release(&bv);
+fail:
+    bufs_release(&B);
     return NULL;
 }
 
