@@ -323,6 +323,14 @@ static void bufs_release(Bufs *B)
     while (B->n > 0) PyBuffer_Release(&B->b[--B->n]);
 }
 
+/* the end of a call: the buffers released, then None, or NULL with MemoryError if ``nomem`` */
+static PyObject *bufs_done(Bufs *B, int nomem)
+{
+    bufs_release(B);
+    if (nomem) return PyErr_NoMemory();
+    Py_RETURN_NONE;
+}
+
 /* a C-contiguous buffer of ``count`` items of ``itemsize`` bytes (count < 0: any whole number
  * of items, stored in *count_out when given); NULL with an exception set otherwise */
 static void *bufs_get(Bufs *B, PyObject *o, int writable, Py_ssize_t itemsize, Py_ssize_t count,
@@ -359,6 +367,30 @@ static int check_problems(const int64_t *ps, const int64_t *pl, Py_ssize_t P, Py
     return 0;
 }
 
+/* the row arguments of rows() and assign(): ``ox`` R x N float64 values, the clusters of each
+ * row (``cent`` and ``last`` R x K float64, ``ncl`` R int64; written by rows(), read by
+ * assign()); R, or -1 with an exception set */
+static Py_ssize_t get_rows(Bufs *B, PyObject *ox, Py_ssize_t N, int K, PyObject *ocen,
+                           PyObject *olast, PyObject *oncl, int write_clusters, double **X,
+                           double **C, double **L, int64_t **NC)
+{
+    if (K < 1 || N < 1) {
+        PyErr_SetString(PyExc_ValueError, "K and N must be >= 1");
+        return -1;
+    }
+    Py_ssize_t total = 0;
+    if (!(*X = bufs_get(B, ox, 0, 8, -1, "values", &total))) return -1;
+    Py_ssize_t R = total / N;
+    if (R * N != total) {
+        PyErr_SetString(PyExc_ValueError, "values: not a whole number of rows of N values");
+        return -1;
+    }
+    if (!(*C = bufs_get(B, ocen, write_clusters, 8, R * K, "cent", NULL))) return -1;
+    if (!(*L = bufs_get(B, olast, write_clusters, 8, R * K, "last", NULL))) return -1;
+    if (!(*NC = bufs_get(B, oncl, write_clusters, 8, R, "ncl", NULL))) return -1;
+    return R;
+}
+
 /* the K cluster starts of one problem of n > K sorted distinct points (K >= 2) */
 static void solve_one(Work *w, const double *vals, const double *wts, Py_ssize_t n, int K,
                       int64_t *out)
@@ -391,22 +423,11 @@ static PyObject *py_rows(PyObject *self, PyObject *args)
     int K, integer;
     if (!PyArg_ParseTuple(args, "OnipOOO", &osrt, &N, &K, &integer, &ocen, &olast, &oncl))
         return NULL;
-    if (K < 1 || N < 1) {
-        PyErr_SetString(PyExc_ValueError, "K and N must be >= 1");
-        return NULL;
-    }
     Bufs B = {.n = 0};
-    Py_ssize_t total = 0;
-    const double *X = bufs_get(&B, osrt, 0, 8, -1, "sorted", &total);
-    Py_ssize_t R = total / N;
-    if (X && R * N != total) {
-        PyErr_SetString(PyExc_ValueError, "sorted: not a whole number of rows of N values");
-        X = NULL;
-    }
-    double *C = X ? bufs_get(&B, ocen, 1, 8, R * K, "cent", NULL) : NULL;
-    double *L = C ? bufs_get(&B, olast, 1, 8, R * K, "last", NULL) : NULL;
-    int64_t *NC = L ? bufs_get(&B, oncl, 1, 8, R, "ncl", NULL) : NULL;
-    if (!NC) goto fail;
+    double *X, *C, *L;
+    int64_t *NC;
+    Py_ssize_t R = get_rows(&B, osrt, N, K, ocen, olast, oncl, 1, &X, &C, &L, &NC);
+    if (R < 0) goto fail;
     Work w;
     memset(&w, 0, sizeof w);
     w.integer = integer;
@@ -463,12 +484,7 @@ static PyObject *py_rows(PyObject *self, PyObject *args)
     free(wts);
     free(st);
     work_free(&w);
-    if (bad) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    bufs_release(&B);
-    Py_RETURN_NONE;
+    return bufs_done(&B, bad);
 fail:
     bufs_release(&B);
     return NULL;
@@ -482,23 +498,11 @@ static PyObject *py_assign(PyObject *self, PyObject *args)
     Py_ssize_t N;
     int K;
     if (!PyArg_ParseTuple(args, "OniOOOO", &ox, &N, &K, &ocen, &olast, &oncl, &oout)) return NULL;
-    if (K < 1 || N < 1) {
-        PyErr_SetString(PyExc_ValueError, "K and N must be >= 1");
-        return NULL;
-    }
     Bufs B = {.n = 0};
-    Py_ssize_t total = 0;
-    const double *X = bufs_get(&B, ox, 0, 8, -1, "x", &total);
-    Py_ssize_t R = total / N;
-    if (X && R * N != total) {
-        PyErr_SetString(PyExc_ValueError, "x: not a whole number of rows of N values");
-        X = NULL;
-    }
-    const double *C = X ? bufs_get(&B, ocen, 0, 8, R * K, "cent", NULL) : NULL;
-    const double *L = C ? bufs_get(&B, olast, 0, 8, R * K, "last", NULL) : NULL;
-    const int64_t *NC = L ? bufs_get(&B, oncl, 0, 8, R, "ncl", NULL) : NULL;
-    double *O = NC ? bufs_get(&B, oout, 1, 8, R * N, "out", NULL) : NULL;
-    if (!O) goto fail;
+    double *X, *C, *L, *O;
+    int64_t *NC;
+    Py_ssize_t R = get_rows(&B, ox, N, K, ocen, olast, oncl, 0, &X, &C, &L, &NC);
+    if (R < 0 || !(O = bufs_get(&B, oout, 1, 8, R * N, "out", NULL))) goto fail;
     for (Py_ssize_t r = 0; r < R; r++) {
         if (NC[r] < 1 || NC[r] > K) {
             PyErr_Format(PyExc_ValueError, "row %zd: bad cluster count", r);
@@ -524,8 +528,7 @@ static PyObject *py_assign(PyObject *self, PyObject *args)
         }
     }
     Py_END_ALLOW_THREADS
-    bufs_release(&B);
-    Py_RETURN_NONE;
+    return bufs_done(&B, 0);
 fail:
     bufs_release(&B);
     return NULL;
@@ -562,12 +565,7 @@ static PyObject *py_solve(PyObject *self, PyObject *args)
     }
     Py_END_ALLOW_THREADS
     work_free(&w);
-    if (bad) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    bufs_release(&B);
-    Py_RETURN_NONE;
+    return bufs_done(&B, bad);
 fail:
     bufs_release(&B);
     return NULL;
@@ -659,12 +657,7 @@ static PyObject *py_side(PyObject *self, PyObject *args)
     free(keep);
     free(tail);
     work_free(&w);
-    if (bad) {
-        PyErr_NoMemory();
-        goto fail;
-    }
-    bufs_release(&B);
-    Py_RETURN_NONE;
+    return bufs_done(&B, bad);
 fail:
     bufs_release(&B);
     return NULL;
