@@ -54,9 +54,10 @@ the other ``k - 1`` clusters between the two sides is searched exactly.
 ``method="kmeans"`` is scipy's ``kmeans2`` (Lloyd) per row with TFMOT's initialisations, seeded.
 
 Speed (``tools/bench.py --section targets``, 2-core machine, k=16, compiled kernel): a
-MobileNetV2-sized set (2.2 M values, 17 k channels) takes ~0.1-0.2 s in int8 per channel and
-~0.4 s in float per channel (scipy ``kmeans2``: ~6 s, with 20-25 % more SSE); one float row of
-2.2 M values ~0.1 s certified within 1e-4, ~1.5 s exact. The numpy kernels are 3-10x slower.
+MobileNetV2-sized set (2.2 M values, 17 k channels) takes 0.2-0.3 s in int8 per channel and
+0.35-0.4 s in float per channel (scipy ``kmeans2``: ~6 s, with 20-25 % more SSE); one float row
+of 2.2 M values 0.07-0.14 s certified within 1e-4, ~1.2 s exact. The numpy kernels are 3-10x
+slower.
 """
 
 from __future__ import annotations
