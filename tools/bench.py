@@ -24,6 +24,9 @@ Sections:
   synthetic  tensors of 1e4..1e7 values (gauss, laplace, student-t) x k in {8, 16, 32, 256}.
   models     every .tflite in ../shared/models (needs tflite_cluster.model), per tensor and
              per channel.
+  cli        the whole ``tflite-cluster cluster`` command in a fresh process on the MobileNetV2-
+             shaped int8 model (and with --cli-gb 1 on a 1 GB float32 model): wall time and
+             peak RSS, via tools/bench_large.py.
 
     python tools/bench.py --quick                 # small sizes, a few minutes
     python tools/bench.py --section targets
@@ -34,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import sys
 import time
 import tracemalloc
@@ -378,10 +382,26 @@ def section_models(table, args):
                 table.row(f"{'int8' if integer else 'float'} per-{gran}", bl, k, integer, args)
 
 
+def section_cli(args):
+    """The whole command in a fresh process, time and peak RSS (tools/bench_large.py)."""
+    print("\n== whole command: tflite-cluster cluster on built models (tools/bench_large.py)",
+          flush=True)
+    runs = [["--mobilenetv2"]]
+    if args.cli_gb:
+        runs.append(["--gb", str(args.cli_gb)])
+    for extra in runs:
+        subprocess.run([sys.executable, str(Path(__file__).with_name("bench_large.py")), *extra],
+                       check=False)
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="sizes 1e4 and 1e5, k 16 and 256")
-    p.add_argument("--section", choices=["targets", "synthetic", "models", "all"], default="all")
+    p.add_argument("--section", choices=["targets", "synthetic", "models", "cli", "all"],
+                   default="all")
+    p.add_argument("--cli-gb", type=float, default=0.0,
+                   help="cli section: also a float32 model of this many GB, per channel "
+                        "(1 for the issue's 1 GB target; about 80 s)")
     p.add_argument("--sizes", default="1e4,1e5,1e6,1e7")
     p.add_argument("--dists", default="gauss,laplace,t")
     p.add_argument("--ks", default="8,16,32,256")
@@ -429,6 +449,8 @@ def main(argv=None):
         section_synthetic(table, args)
     if args.section in ("models", "all"):
         section_models(table, args)
+    if args.section in ("cli", "all"):
+        section_cli(args)
 
 
 if __name__ == "__main__":
