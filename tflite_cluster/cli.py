@@ -95,7 +95,7 @@ def _add_cluster(sub) -> None:
                    help="exact zeros stay zero and zero is one of the k values")
     p.add_argument("--min-elements", type=int, help="skip tensors smaller than this (default 1024)")
     p.add_argument("--tolerance", type=float,
-                   help="optimal method: rows of more than 65,536 float values may be solved on a "
+                   help="optimal method: rows of more than 16,384 float values may be solved on a "
                         "fine grid when that is proven within this relative gap of the optimal "
                         "SSE (default 1e-4, at most 1e-3; 0: always exact); the report gives each "
                         "tensor's certified gap")

@@ -79,7 +79,7 @@ __all__ = ["ATOM_MIN", "INITS", "MAX_TOLERANCE", "METHODS", "ProblemTooLarge", "
 METHODS = ("optimal", "kmeans")
 INITS = ("linear", "kmeans++", "density", "random")
 
-ATOM_MIN = 1 << 16  # float rows longer than this may be certified instead (tolerance > 0)
+ATOM_MIN = 1 << 14  # float rows longer than this may be certified instead (tolerance > 0)
 MAX_TOLERANCE = 1e-3  # the largest certified gap allowed (0.1 % of the optimal SSE)
 _ATOM_FIRST = 2048  # grid cells of the first (upper-bound) solve
 _ATOM_PAYS = 4  # atoms are used only when at most 1/_ATOM_PAYS of the row's length
@@ -402,32 +402,35 @@ def _certified_row(x, K, tol):
     _, _, W, S1, S2 = g
     target = tol * cost(solve(W, S1), W, S1, S2) / 2  # U0 >= OPT: aim under half the tolerance
     dens = float(W.max()) / h  # count per unit of the densest cell so far
-    for _ in range(4):
-        # D <= count x width / 4 <= dens h^2 / 4 for every atom; want 2 range D <= target
-        h = min(h, np.sqrt(2 * target / (span * dens)))
+    for _ in range(6):
+        # aim for 2 range D <= target with D ~ count x width / 8 = dens h^2 / 8 (values spread
+        # evenly over an atom; the check below uses each atom's exact D)
+        h = min(h, np.sqrt(4 * target / (span * dens)))
         if span / h > _ATOM_CELLS_MAX * n:
             return None
         g = grid(h, True)
         if g is None:
             return None
         cell, nz, W, S1, S2 = g
-        D = float(W.max()) * h / 4
+        atom = np.zeros(int(nz[-1]) + 1, np.int64)
+        atom[nz] = np.arange(len(nz))
+        at = atom[cell]  # each value's atom
+        # D of every atom exactly: its values' deviations above the atom's mean, summed
+        D = float(np.max(np.bincount(at, weights=np.maximum(xc - (S1 / W)[at], 0))))
         loc = solve(W, S1)
         U = cost(loc, W, S1, S2)
         lb = U * (1 - 1e-9) - 2 * span * D  # (1e-9: margin for rounding in U)
         if lb > 0 and U - lb <= tol * lb:
             break
         dens = max(dens, float(W.max()) / h)
-        target /= 4
+        target /= 2
     else:
         return None
     label = np.zeros(len(W), np.int64)
     label[loc[1:]] = 1
     label = np.cumsum(label)
     cen = np.add.reduceat(S1, loc) / np.add.reduceat(W, loc) + mu
-    atom = np.zeros(int(nz[-1]) + 1, np.int64)
-    atom[nz] = np.arange(len(nz))
-    return cen[label[atom[cell]]], (U - lb) / lb
+    return cen[label[at]], (U - lb) / lb
 
 
 def _ranges(starts, lengths):
