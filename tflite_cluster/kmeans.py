@@ -365,7 +365,7 @@ def _certified_row(x, K, tol):
     clustering splits at most ``K - 1`` atoms; charging a split atom as if whole and assigned
     fractionally overestimates its cost by ``2 sum_j (c_{j+1} - c_j) A_j`` (Abel summation over
     its parts, ``A_j`` the sum of ``x - mean`` above the j-th cut, at most ``D`` = the sum of
-    ``x - mean`` over its values above the mean, itself at most count x width / 4), and the
+    ``x - mean`` over its values above the mean, computed per atom), and the
     fractional charge is at least ``U``. The centroid steps add up to at most the row's range,
     so ``OPT >= U - 2 * range * max D``.
     """
