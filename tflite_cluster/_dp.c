@@ -663,9 +663,42 @@ fail:
     return NULL;
 }
 
+/* distinct 4-byte values by an open-addressing hash set of SMALL_SET slots: the count, or -1
+ * as soon as more than SMALL_SET / 2 distinct values turn up (or no memory) */
+#define SMALL_SET (1 << 17)
+static long long count_small(const uint32_t *src, Py_ssize_t n, int is_float)
+{
+    uint32_t *keys = malloc(SMALL_SET * sizeof(uint32_t));
+    unsigned char *used = calloc(SMALL_SET, 1);
+    long long count = 0;
+    if (!keys || !used) {
+        count = -1;
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < n; i++) {
+        uint32_t v = src[i];
+        if (is_float && v == 0x80000000u) v = 0;
+        uint32_t h = (v * 2654435761u) >> 15; /* 17 bits */
+        while (used[h] && keys[h] != v) h = (h + 1) & (SMALL_SET - 1);
+        if (!used[h]) {
+            if (++count > SMALL_SET / 2) {
+                count = -1;
+                goto done;
+            }
+            used[h] = 1;
+            keys[h] = v;
+        }
+    }
+done:
+    free(keys);
+    free(used);
+    return count;
+}
+
 /* count32(buf, is_float): the number of distinct 4-byte values in ``buf`` (float32 bit patterns
- * when is_float, with -0.0 counted as 0.0; NaN must not occur). An LSD radix sort of a copy
- * (three passes of 11 bits), then a count of the changes. */
+ * when is_float, with -0.0 counted as 0.0; NaN must not occur). A small hash set first (a
+ * clustered tensor has few values); past 65,536 values an LSD radix sort of a copy (three passes
+ * of 11 bits), then a count of the changes. */
 static PyObject *py_count32(PyObject *self, PyObject *args)
 {
     PyObject *ob;
@@ -682,6 +715,9 @@ static PyObject *py_count32(PyObject *self, PyObject *args)
     long long count = 0;
     int bad = 0;
     Py_BEGIN_ALLOW_THREADS
+    count = count_small(b.buf, n, is_float);
+    if (count < 0) { /* many distinct values: sort */
+    count = 0;
     uint32_t *a = malloc((n ? n : 1) * sizeof(uint32_t));
     uint32_t *t = malloc((n ? n : 1) * sizeof(uint32_t));
     size_t *h = calloc(3 * 2048, sizeof(size_t));
@@ -716,6 +752,7 @@ static PyObject *py_count32(PyObject *self, PyObject *args)
     free(a);
     free(t);
     free(h);
+    }
     Py_END_ALLOW_THREADS
     PyBuffer_Release(&b);
     if (bad) return PyErr_NoMemory();

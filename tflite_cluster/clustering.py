@@ -288,10 +288,11 @@ def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | 
         new_bytes = new.tobytes()
         if new_bytes != stored.tobytes():
             patches.add(w.data_offset, new_bytes)
-        ref = real_values(stored, w.dtype, w.quantization)
-        err = real_values(new, w.dtype, w.quantization) - ref
-        sse = float(np.sum(err * err))
-        signal = float(np.sum(ref * ref))
+        ref = real_values(stored, w.dtype, w.quantization).ravel()
+        err = real_values(new, w.dtype, w.quantization).ravel()
+        err -= ref
+        sse = float(np.dot(err, err))  # (dot: no temporaries the size of the tensor)
+        signal = float(np.dot(ref, ref))
         sqnr = None if sse == 0 else (10 * math.log10(signal / sse) if signal > 0 else -math.inf)
         reports.append(TensorReport(
             clusters=s.k, granularity=("tensor" if w.sparse else s.granularity.value),
