@@ -502,3 +502,18 @@ def test_compiled_kernel_rejects_bad_buffers():
     with pytest.raises(BufferError):
         dp.solve(np.zeros(3), np.ones(3), np.zeros(1, i64), np.array([3], i64), 2, False,
                  b"\0" * 16)
+
+
+def test_set_threads():
+    try:
+        km.set_threads(1)
+        assert km._threads() == 1
+        a = np.random.default_rng(1).normal(size=(64, 500))
+        one = km.snap_rows(a, 8)
+        km.set_threads(None)
+        np.testing.assert_array_equal(km.snap_rows(a, 8), one)
+        for bad in (0, -1, 1.5, True, "2"):
+            with pytest.raises(ValueError, match="threads"):
+                km.set_threads(bad)
+    finally:
+        km.set_threads(None)

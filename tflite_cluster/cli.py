@@ -279,7 +279,9 @@ def _run_batch(args) -> int:
         results = [_cluster_one(*w) for w in work]
     else:
         from concurrent.futures import ProcessPoolExecutor
-        with ProcessPoolExecutor(max_workers=jobs) as pool:
+        share = max(1, (os.cpu_count() or 1) // jobs)  # the kernel's threads per worker
+        with ProcessPoolExecutor(max_workers=jobs, initializer=kmeans.set_threads,
+                                 initargs=(share,)) as pool:
             results = list(pool.map(_cluster_one, *zip(*work)))
     for r in results:
         if r["code"] == 0 and not args.quiet:

@@ -74,7 +74,7 @@ except ImportError:  # pragma: no cover - depends on the build
     _dp = None
 
 __all__ = ["ATOM_MIN", "INITS", "MAX_TOLERANCE", "METHODS", "ProblemTooLarge", "kernel",
-           "optimal_sse_bruteforce", "snap_rows", "sse"]
+           "optimal_sse_bruteforce", "set_threads", "snap_rows", "sse"]
 
 METHODS = ("optimal", "kmeans")
 INITS = ("linear", "kmeans++", "density", "random")
@@ -460,11 +460,27 @@ def _check_table(K, n):
                               "(certified), fewer clusters, smaller rows or method kmeans")
 
 
+_MAX_THREADS = None  # set_threads(); None: every available core (at most 8)
+
+
 def _threads() -> int:
+    if _MAX_THREADS is not None:
+        return _MAX_THREADS
     try:
         return max(1, min(len(os.sched_getaffinity(0)), 8))
     except AttributeError:  # pragma: no cover - not Linux
         return max(1, min(os.cpu_count() or 1, 8))
+
+
+def set_threads(n: int | None) -> None:
+    """Threads the compiled kernel may use in this process (``None``: every available core, at
+    most 8). The CLI gives each ``--jobs`` worker its share of the cores."""
+    global _MAX_THREADS
+    if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+        raise ValueError(f"threads must be a positive integer or None, got {n!r}")
+    _MAX_THREADS = n
+    if _dp is not None:
+        _dp.set_threads(_threads())
 
 
 if _dp is not None:
