@@ -534,6 +534,19 @@ fail:
     return NULL;
 }
 
+/* the problem arguments of solve() and side(): sorted values and their weights (float64), and
+ * each problem's start and length (int64); 0, or -1 with an exception set */
+static int get_problems(Bufs *B, PyObject *ov, PyObject *ow, PyObject *ops, PyObject *opl,
+                        const double **vals, const double **wts, const int64_t **ps,
+                        const int64_t **pl, Py_ssize_t *nvals, Py_ssize_t *P)
+{
+    if (!(*vals = bufs_get(B, ov, 0, 8, -1, "vals", nvals))) return -1;
+    if (!(*wts = bufs_get(B, ow, 0, 8, *nvals, "wts", NULL))) return -1;
+    if (!(*ps = bufs_get(B, ops, 0, 8, -1, "pstart", P))) return -1;
+    if (!(*pl = bufs_get(B, opl, 0, 8, *P, "plen", NULL))) return -1;
+    return 0;
+}
+
 static PyObject *py_solve(PyObject *self, PyObject *args)
 {
     PyObject *ov, *ow, *ops, *opl, *oout;
@@ -546,12 +559,13 @@ static PyObject *py_solve(PyObject *self, PyObject *args)
     }
     Bufs B = {.n = 0};
     Py_ssize_t nvals = 0, P = 0, nmax = 0;
-    const double *vals = bufs_get(&B, ov, 0, 8, -1, "vals", &nvals);
-    const double *wts = vals ? bufs_get(&B, ow, 0, 8, nvals, "wts", NULL) : NULL;
-    const int64_t *ps = wts ? bufs_get(&B, ops, 0, 8, -1, "pstart", &P) : NULL;
-    const int64_t *pl = ps ? bufs_get(&B, opl, 0, 8, P, "plen", NULL) : NULL;
-    int64_t *out = pl ? bufs_get(&B, oout, 1, 8, P * K, "out", NULL) : NULL;
-    if (!out || check_problems(ps, pl, P, nvals, K, 1, &nmax) < 0) goto fail;
+    const double *vals, *wts;
+    const int64_t *ps, *pl;
+    int64_t *out;
+    if (get_problems(&B, ov, ow, ops, opl, &vals, &wts, &ps, &pl, &nvals, &P) < 0 ||
+        !(out = bufs_get(&B, oout, 1, 8, P * K, "out", NULL)) ||
+        check_problems(ps, pl, P, nvals, K, 1, &nmax) < 0)
+        goto fail;
     Work w;
     memset(&w, 0, sizeof w);
     w.integer = integer;
@@ -585,14 +599,15 @@ static PyObject *py_side(PyObject *self, PyObject *args)
     }
     Bufs B = {.n = 0};
     Py_ssize_t nvals = 0, P = 0, nmax = 0;
-    const double *vals = bufs_get(&B, ov, 0, 8, -1, "vals", &nvals);
-    const double *wts = vals ? bufs_get(&B, ow, 0, 8, nvals, "wts", NULL) : NULL;
-    const int64_t *ps = wts ? bufs_get(&B, ops, 0, 8, -1, "pstart", &P) : NULL;
-    const int64_t *pl = ps ? bufs_get(&B, opl, 0, 8, P, "plen", NULL) : NULL;
-    double *F = pl ? bufs_get(&B, oF, 1, 8, P * (K + 1), "F", NULL) : NULL;
-    int64_t *T = F ? bufs_get(&B, oT, 1, 8, P * (K + 1), "T", NULL) : NULL;
-    int64_t *S = T ? bufs_get(&B, oS, 1, 8, P * (K + 1) * (K + 1), "S", NULL) : NULL;
-    if (!S) goto fail;
+    const double *vals, *wts;
+    const int64_t *ps, *pl;
+    double *F;
+    int64_t *T, *S;
+    if (get_problems(&B, ov, ow, ops, opl, &vals, &wts, &ps, &pl, &nvals, &P) < 0 ||
+        !(F = bufs_get(&B, oF, 1, 8, P * (K + 1), "F", NULL)) ||
+        !(T = bufs_get(&B, oT, 1, 8, P * (K + 1), "T", NULL)) ||
+        !(S = bufs_get(&B, oS, 1, 8, P * (K + 1) * (K + 1), "S", NULL)))
+        goto fail;
     /* mirrored problems run backwards from pstart: check them as [pstart - plen + 1, pstart] */
     for (Py_ssize_t i = 0; i < P; i++) {
         Py_ssize_t a = mirror ? ps[i] - pl[i] + 1 : ps[i];
