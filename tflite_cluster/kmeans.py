@@ -377,14 +377,14 @@ def _certified_row(x, K, tol):
     mu = float(x.mean())
     xc = x - mu
 
-    def grid(h, with_s2):
+    def grid(h):
         cell = ((x - lo) * (1.0 / h)).astype(np.int64)
         W = np.bincount(cell).astype(np.float64)
         nz = np.flatnonzero(W)
         if len(nz) <= K or len(nz) * _ATOM_PAYS > n:
             return None
         S1 = np.bincount(cell, weights=xc)[nz]
-        S2 = np.bincount(cell, weights=xc * xc)[nz] if with_s2 else None
+        S2 = np.bincount(cell, weights=xc * xc)[nz]
         return cell, nz, W[nz], S1, S2
 
     def solve(W, S1):
@@ -396,7 +396,7 @@ def _certified_row(x, K, tol):
         return float(np.sum(c2 - c1 * c1 / cw))
 
     h = span / _ATOM_FIRST
-    g = grid(h, True)
+    g = grid(h)
     if g is None:
         return None
     _, _, W, S1, S2 = g
@@ -408,7 +408,7 @@ def _certified_row(x, K, tol):
         h = min(h, np.sqrt(4 * target / (span * dens)))
         if span / h > _ATOM_CELLS_MAX * n:
             return None
-        g = grid(h, True)
+        g = grid(h)
         if g is None:
             return None
         cell, nz, W, S1, S2 = g
@@ -453,10 +453,13 @@ def kernel() -> str:
     return "c"
 
 
-def _check_table(K, n):
-    if K * (n + 1) * 4 > _TABLE_LIMIT:
+def _check_table(K, n, nbytes=None):
+    """Refuse a problem of ``n`` values whose backtracking table (``nbytes``; the compiled
+    kernel's ``4 K (n + 1)`` by default) would pass ``_TABLE_LIMIT``."""
+    nbytes = K * (n + 1) * 4 if nbytes is None else nbytes
+    if nbytes > _TABLE_LIMIT:
         raise ProblemTooLarge(f"too large for the exact method: k={K} over {n} values needs a "
-                              f"{K * (n + 1) * 4 / 2**30:.1f} GiB table; use a tolerance > 0 "
+                              f"{nbytes / 2**30:.1f} GiB table; use a tolerance > 0 "
                               "(certified), fewer clusters, smaller rows or method kmeans")
 
 
@@ -507,38 +510,34 @@ def _pool(n):
     return _POOL
 
 
+def _in_parts(work, run):
+    """``run(lo, hi)`` over contiguous ranges of items of about equal estimated ``work``, on
+    threads (one per available core) when there is enough work; the compiled kernel releases
+    the GIL, and each range writes its own slice of the outputs."""
+    n = len(work)
+    nt = min(_threads(), n)
+    total = float(np.sum(work))
+    if nt < 2 or total < _THREAD_MIN_WORK:
+        run(0, n)
+        return
+    cuts = np.searchsorted(np.cumsum(work), total * np.arange(1, nt) / nt)
+    bounds = np.unique(np.concatenate([[0], cuts, [n]]))
+    list(_pool(nt).map(lambda lo, hi: run(int(lo), int(hi)), bounds[:-1], bounds[1:]))
+
+
 def _c_solve(vals, wts, pstart, plen, K, integer):
-    """The compiled kernel over all problems; the GIL is released inside, so big batches are
-    split into balanced groups run on threads (one per available core)."""
+    """The compiled kernel over all problems (see :func:`_in_parts`)."""
     vals = np.ascontiguousarray(vals, np.float64)
     wts = np.ascontiguousarray(wts, np.float64)
     pstart = np.ascontiguousarray(pstart, np.int64)
     plen = np.ascontiguousarray(plen, np.int64)
-    P = len(pstart)
-    starts = np.empty((P, K), np.int64)
-    work = K * plen * np.log2(plen + 1)  # divide and conquer: ~k n log n evaluations
-    nt = min(_threads(), P)
-    if nt < 2 or work.sum() < _THREAD_MIN_WORK:
-        _dp.solve(vals, wts, pstart, plen, K, bool(integer), starts)
-        return starts
-    # contiguous groups of about equal estimated work
-    cuts = np.searchsorted(np.cumsum(work), work.sum() * np.arange(1, nt) / nt)
-    parts = [p for p in np.split(np.arange(P), cuts) if len(p)]
-    outs = [np.empty((len(ix), K), np.int64) for ix in parts]
-    list(_pool(nt).map(lambda a: _dp.solve(vals, wts, pstart[a[0]], plen[a[0]], K,
-                                           bool(integer), a[1]), zip(parts, outs)))
-    for ix, o in zip(parts, outs):
-        starts[ix] = o
+    starts = np.empty((len(pstart), K), np.int64)
+
+    def run(lo, hi):
+        _dp.solve(vals, wts, pstart[lo:hi], plen[lo:hi], K, bool(integer), starts[lo:hi])
+
+    _in_parts(K * plen * np.log2(plen + 1), run)  # divide and conquer: ~k n log n evaluations
     return starts
-
-
-def _row_parts(R, N, K):
-    """Contiguous row ranges for the threads (one range when the work is small)."""
-    nt = min(_threads(), R)
-    if nt < 2 or R * K * N * np.log2(N + 1) < _THREAD_MIN_WORK:
-        return [(0, R)]
-    cuts = np.linspace(0, R, nt + 1).astype(int)
-    return list(zip(cuts[:-1], cuts[1:]))
 
 
 def _c_rows(a, K, integer):
@@ -552,17 +551,12 @@ def _c_rows(a, K, integer):
     last = np.empty((R, K))
     ncl = np.empty(R, np.int64)
     out = np.empty((R, N))
-    parts = _row_parts(R, N, K)
 
-    def run(part):
-        r0, r1 = part
-        _dp.rows(srt[r0:r1], N, K, bool(integer), cen[r0:r1], last[r0:r1], ncl[r0:r1])
-        _dp.assign(x[r0:r1], N, K, cen[r0:r1], last[r0:r1], ncl[r0:r1], out[r0:r1])
+    def run(lo, hi):
+        _dp.rows(srt[lo:hi], N, K, bool(integer), cen[lo:hi], last[lo:hi], ncl[lo:hi])
+        _dp.assign(x[lo:hi], N, K, cen[lo:hi], last[lo:hi], ncl[lo:hi], out[lo:hi])
 
-    if len(parts) == 1:
-        run(parts[0])
-    else:
-        list(_pool(len(parts)).map(run, parts))
+    _in_parts(np.full(R, K * N * np.log2(N + 1)), run)
     return out.astype(a.dtype) if integer else out
 
 
@@ -740,11 +734,7 @@ def _solve_chunk(x, w, pstart, plen, ids, K, integer, tail, allq, idx):
     R = len(pstart)
     M = int(plen.max()) + (K - 1 if allq else 0)
     b = M - K + 1
-    if K * R * b * 4 > _TABLE_LIMIT:
-        raise ProblemTooLarge(f"too large for the exact method: k={K} over {int(plen.max())} "
-                              f"values needs a {K * R * b * 4 / 2**30:.1f} GiB table; use a "
-                              "tolerance > 0 (certified), fewer clusters, smaller rows or "
-                              "method kmeans")
+    _check_table(K, int(plen.max()), K * R * b * 4)
     # padded points: copies of the last point with weight 1 (keeps the instance valid)
     j = np.arange(M, dtype=np.int64)
     src = pstart[:, None] + np.minimum(j[None, :], plen[:, None] - 1)

@@ -299,12 +299,7 @@ def _parse(data, label: str, step: _Step) -> ModelInfo:
             op = sg.Operators(oi)
             _check_vector(op._tab, 6, 4, size, f"subgraph {s} operator {oi} inputs", label)
             _check_vector(op._tab, 8, 4, size, f"subgraph {s} operator {oi} outputs", label)
-            idx = op.OpcodeIndex()
-            if idx >= len(opcodes):
-                raise InvalidModelError(label, f"subgraph {s} operator {oi} uses opcode {idx}, "
-                                               f"but the model has {len(opcodes)}")
-            ins = [int(x) for x in (op.InputsAsNumpy() if not op.InputsIsNone() else [])]
-            outs = [int(x) for x in (op.OutputsAsNumpy() if not op.OutputsIsNone() else [])]
+            idx, ins, outs = _operator_io(op, s, oi, len(opcodes), label)
             for t in ins + outs:
                 if t >= n_tensors or t < -1:
                     raise InvalidModelError(label, f"subgraph {s} operator {oi} refers to tensor {t}, "
@@ -355,6 +350,17 @@ def _parse(data, label: str, step: _Step) -> ModelInfo:
         weights.append(WeightTensor(aliases=aliases, **rec))
     return ModelInfo(label=label, size=size, version=version, subgraphs=n_sub,
                      description=description, weights=tuple(weights))
+
+
+def _operator_io(op, s: int, oi: int, n_opcodes: int, label: str):
+    """An operator's opcode index (checked against the model's opcodes), inputs and outputs."""
+    idx = op.OpcodeIndex()
+    if idx >= n_opcodes:
+        raise InvalidModelError(label, f"subgraph {s} operator {oi} uses opcode {idx}, "
+                                       f"but the model has {n_opcodes}")
+    ins = [int(x) for x in (op.InputsAsNumpy() if not op.InputsIsNone() else [])]
+    outs = [int(x) for x in (op.OutputsAsNumpy() if not op.OutputsIsNone() else [])]
+    return idx, ins, outs
 
 
 def _walk_structure(model, size: int, label: str, step: _Step) -> None:
@@ -498,12 +504,7 @@ def operators(data, label: str = "<bytes>") -> tuple[OpRecord, ...]:
             for oi in range(sg.OperatorsLength()):
                 step.where = f"subgraph {s} operator {oi}"
                 op = sg.Operators(oi)
-                idx = op.OpcodeIndex()
-                if idx >= len(opcodes):
-                    raise InvalidModelError(label, f"subgraph {s} operator {oi} uses opcode {idx}, "
-                                                   f"but the model has {len(opcodes)}")
-                ins = [int(x) for x in (op.InputsAsNumpy() if not op.InputsIsNone() else [])]
-                outs = [int(x) for x in (op.OutputsAsNumpy() if not op.OutputsIsNone() else [])]
+                idx, ins, outs = _operator_io(op, s, oi, len(opcodes), label)
                 if any(t >= n_tensors or t < -1 for t in ins + outs):
                     raise InvalidModelError(label, f"subgraph {s} operator {oi} refers to a tensor "
                                                    f"outside the {n_tensors} of its subgraph")
