@@ -411,6 +411,110 @@ static void solve_one(Work *w, const double *vals, const double *wts, Py_ssize_t
     backtrack(w, n, K - 1, bs, out);
 }
 
+/* the K clusters of m > K sorted distinct points: their starts st[0..K] (st[K] = m), centroids
+ * c (the rounded mean of an integer problem, else the mean) and largest values l */
+static void cluster_row(Work *w, const double *vals, const double *wts, Py_ssize_t m, int K,
+                        int64_t *st, double *c, double *l)
+{
+    if (K == 1)
+        st[0] = 0;
+    else
+        solve_one(w, vals, wts, m, K, st);
+    st[K] = m;
+    for (int j = 0; j < K; j++) {
+        Py_ssize_t a = st[j], b = st[j + 1];
+        double W = 0, S = 0, first = vals[a];
+        for (Py_ssize_t i = a; i < b; i++) {
+            W += wts[i];
+            S += wts[i] * (vals[i] - first);
+        }
+        if (w->integer) /* exact: integer sums below 2**53 */
+            c[j] = first + floor((2 * S + W) / (2 * W));
+        else
+            c[j] = first + S / W;
+        l[j] = vals[b - 1];
+    }
+}
+
+/* int_rows(codes, N, K, lo, span, out): every row of ``codes`` (R x N int32, every code in
+ * [lo, lo + span)) clustered exactly into at most K integer centroids (rounded means), written
+ * to ``out`` (R x N int32). A row's distinct codes come from its histogram (no sort) and the
+ * centroids go back through a lookup table; a row with at most K distinct codes is copied. */
+static PyObject *py_int_rows(PyObject *self, PyObject *args)
+{
+    PyObject *ox, *oout;
+    Py_ssize_t N, lo, span;
+    int K;
+    if (!PyArg_ParseTuple(args, "OninnO", &ox, &N, &K, &lo, &span, &oout)) return NULL;
+    if (K < 1 || N < 1 || span < 1 || span > (1 << 24)) {
+        PyErr_SetString(PyExc_ValueError, "K and N must be >= 1 and 1 <= span <= 2**24");
+        return NULL;
+    }
+    Bufs B = {.n = 0};
+    Py_ssize_t total = 0;
+    const int32_t *X = bufs_get(&B, ox, 0, 4, -1, "codes", &total);
+    int32_t *O = X ? bufs_get(&B, oout, 1, 4, total, "out", NULL) : NULL;
+    if (!O) goto fail;
+    Py_ssize_t R = total / N;
+    if (R * N != total) {
+        PyErr_SetString(PyExc_ValueError, "codes: not a whole number of rows of N values");
+        goto fail;
+    }
+    for (Py_ssize_t i = 0; i < total; i++) {
+        if (X[i] < lo || X[i] - lo >= span) {
+            PyErr_Format(PyExc_ValueError, "codes: %d is outside [%zd, %zd)", (int)X[i], lo,
+                         lo + span);
+            goto fail;
+        }
+    }
+    Work w;
+    memset(&w, 0, sizeof w);
+    w.integer = 1;
+    Py_ssize_t cap = N < span ? N : span; /* distinct codes of a row, at most */
+    double *vals = malloc(cap * sizeof(double)), *wts = malloc(cap * sizeof(double));
+    double *c = malloc(K * sizeof(double)), *l = malloc(K * sizeof(double));
+    int64_t *st = malloc((size_t)(K + 1) * sizeof(int64_t));
+    int64_t *hist = calloc(span, sizeof(int64_t));
+    int32_t *lut = malloc(span * sizeof(int32_t));
+    int bad = !vals || !wts || !c || !l || !st || !hist || !lut || work_reserve(&w, cap, K) < 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < R && !bad; r++) {
+        const int32_t *x = X + r * N;
+        int32_t *o = O + r * N;
+        Py_ssize_t a = span, b = 0; /* the row's smallest and largest code, less lo */
+        for (Py_ssize_t i = 0; i < N; i++) {
+            Py_ssize_t v = x[i] - lo;
+            hist[v]++;
+            if (v < a) a = v;
+            if (v > b) b = v;
+        }
+        Py_ssize_t m = 0;
+        for (Py_ssize_t v = a; v <= b; v++) {
+            if (hist[v]) {
+                vals[m] = (double)(v + lo);
+                wts[m++] = (double)hist[v];
+                hist[v] = 0;
+            }
+        }
+        if (m <= K) {
+            memcpy(o, x, N * sizeof(int32_t));
+            continue;
+        }
+        cluster_row(&w, vals, wts, m, K, st, c, l);
+        for (int j = 0; j < K; j++)
+            for (Py_ssize_t i = st[j]; i < st[j + 1]; i++)
+                lut[(Py_ssize_t)vals[i] - lo] = (int32_t)c[j];
+        for (Py_ssize_t i = 0; i < N; i++) o[i] = lut[x[i] - lo];
+    }
+    Py_END_ALLOW_THREADS
+    free(vals); free(wts); free(c); free(l); free(st); free(hist); free(lut);
+    work_free(&w);
+    return bufs_done(&B, bad);
+fail:
+    bufs_release(&B);
+    return NULL;
+}
+
 /* rows(sorted, N, K, integer, cent, last, ncl): every row of ``sorted`` (R x N float64, each
  * row ascending) clustered exactly into at most K clusters. Per row: ``ncl`` clusters, their
  * centroids ``cent`` (R x K; the rounded mean floor(mean + 0.5) for integer rows, else the
@@ -458,24 +562,7 @@ static PyObject *py_rows(PyObject *self, PyObject *args)
                 NC[r] = m;
                 continue;
             }
-            if (K == 1)
-                st[0] = 0;
-            else
-                solve_one(&w, vals, wts, m, K, st);
-            st[K] = m;
-            for (int j = 0; j < K; j++) {
-                Py_ssize_t a = st[j], b = st[j + 1];
-                double W = 0, S = 0, first = vals[a];
-                for (Py_ssize_t i = a; i < b; i++) {
-                    W += wts[i];
-                    S += wts[i] * (vals[i] - first);
-                }
-                if (integer) /* exact: integer sums below 2**53 */
-                    c[j] = first + floor((2 * S + W) / (2 * W));
-                else
-                    c[j] = first + S / W;
-                l[j] = vals[b - 1];
-            }
+            cluster_row(&w, vals, wts, m, K, st, c, l);
             NC[r] = K;
         }
     }
@@ -516,15 +603,15 @@ static PyObject *py_assign(PyObject *self, PyObject *args)
         Py_ssize_t nc = NC[r];
         for (Py_ssize_t i = 0; i < N; i++) {
             double v = x[i];
-            Py_ssize_t a = 0, b = nc - 1; /* the answer is in [a, b] */
-            while (a < b) {
-                Py_ssize_t mid = (a + b) >> 1;
-                if (l[mid] >= v)
-                    b = mid;
-                else
-                    a = mid + 1;
+            /* the first cluster whose largest value is >= v (the last one is): a binary
+             * search without data-dependent branches (the answer stays in [p, p + len)) */
+            const double *p = l;
+            for (Py_ssize_t len = nc; len > 1;) {
+                Py_ssize_t half = len >> 1;
+                p = p[half - 1] < v ? p + half : p;
+                len -= half;
             }
-            o[i] = c[a];
+            o[i] = c[p - l];
         }
     }
     Py_END_ALLOW_THREADS
@@ -788,6 +875,7 @@ static PyMethodDef methods[] = {
     {"solve", py_solve, METH_VARARGS, "Exact K-clustering of many sorted weighted problems."},
     {"side", py_side, METH_VARARGS, "One side of zero-kept problems: best cost per q."},
     {"rows", py_rows, METH_VARARGS, "Exact clustering of sorted rows: centroids and extents."},
+    {"int_rows", py_int_rows, METH_VARARGS, "Exact clustering of integer rows, written back."},
     {"assign", py_assign, METH_VARARGS, "Replace every value by its cluster's centroid."},
     {"set_threads", py_set_threads, METH_VARARGS, "Threads for one big problem (a power of 2)."},
     {"count32", py_count32, METH_VARARGS, "Number of distinct 4-byte values (float32 aware)."},

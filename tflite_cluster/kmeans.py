@@ -92,6 +92,8 @@ _LEAF_WIDTH = 64  # ... when their common candidate range is at most this wide
 _PAD_MAX = 32  # other narrower candidate ranges are evaluated as padded blocks
 _SLICE_MIN = 4096  # wider ones one node at a time, as slices
 _TABLE_LIMIT = 1 << 31  # bytes of backtracking table allowed for one problem
+_HIST_SPAN = 1 << 10  # integer rows whose codes span at most this (or 4x the row length) are
+# clustered from per-row histograms by the compiled kernel
 _SORT_INT_MAX = 4096  # integer rows up to this long take the compiled kernel's sorted-row path
 _THREAD_MIN_WORK = 2e6  # estimated evaluations below which the compiled kernel runs on one thread
 _FLOAT_EXACT = float(1 << 52)  # integer sums below this are exact in float64
@@ -150,8 +152,15 @@ def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: boo
             if len(rest):
                 out[rest] = snap_rows(a[rest], k, method=method, zero_fixed=zero_fixed)
             return out
-    if not zero_fixed and kernel() == "c" and (not integer or a.shape[1] <= _SORT_INT_MAX):
-        return _c_rows(a, k, integer)  # (long integer rows: the histograms below beat sorting)
+    if not zero_fixed and kernel() == "c":
+        if not integer:
+            return _c_rows(a, k, False)
+        lo = int(a.min())
+        span = int(a.max()) - lo + 1
+        if span <= max(_HIST_SPAN, 4 * a.shape[1]):
+            return _c_int_rows(a, k, lo, span)
+        if a.shape[1] <= _SORT_INT_MAX:
+            return _c_rows(a, k, True)  # (long integer rows: the histograms below beat sorting)
     vals, wts, ptr, inv = _distinct(a, integer)
     m = np.diff(ptr)
     changed = m > k
@@ -558,6 +567,22 @@ def _c_rows(a, K, integer):
 
     _in_parts(np.full(R, K * N * np.log2(N + 1)), run)
     return out.astype(a.dtype) if integer else out
+
+
+def _c_int_rows(a, K, lo, span):
+    """Every integer row clustered by the compiled kernel from its histogram of codes (all in
+    ``[lo, lo + span)``): no sort, centroids written back through a lookup table."""
+    R, N = a.shape
+    _check_table(K, min(N, span))
+    x = np.ascontiguousarray(a, np.int32)
+    out = np.empty((R, N), np.int32)
+
+    def run(r0, r1):
+        _dp.int_rows(x[r0:r1], N, K, lo, span, out[r0:r1])
+
+    m = min(N, span)
+    _in_parts(np.full(R, K * m * np.log2(m + 1) + N), run)
+    return out.astype(a.dtype, copy=False)
 
 
 def _solve_exact(vals, wts, pstart, plen, K, integer):
