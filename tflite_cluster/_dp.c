@@ -861,6 +861,141 @@ static PyObject *py_count32(PyObject *self, PyObject *args)
     return PyLong_FromLongLong(count);
 }
 
+/* a value's cell of a uniform grid of nc cells from lo, inv_h cells per unit (clipped; NaN: 0) */
+static inline Py_ssize_t grid_cell(double x, double lo, double inv_h, Py_ssize_t nc)
+{
+    double f = (x - lo) * inv_h;
+    Py_ssize_t c = f > 0 ? (Py_ssize_t)f : 0;
+    return c < nc ? c : nc - 1;
+}
+
+/* grid_map(x, lo, inv_h, table, out): out[i] = table[the cell of x[i]] (table: float64 per cell) */
+static PyObject *py_grid_map(PyObject *self, PyObject *args)
+{
+    PyObject *ox, *otab, *oout;
+    double lo, inv_h;
+    if (!PyArg_ParseTuple(args, "OddOO", &ox, &lo, &inv_h, &otab, &oout)) return NULL;
+    Bufs B = {.n = 0};
+    Py_ssize_t n = 0, nc = 0;
+    const double *x = bufs_get(&B, ox, 0, 8, -1, "values", &n);
+    const double *T = x ? bufs_get(&B, otab, 0, 8, -1, "table", &nc) : NULL;
+    double *O = T ? bufs_get(&B, oout, 1, 8, n, "out", NULL) : NULL;
+    if (!O) goto fail;
+    if (nc < 1) {
+        PyErr_SetString(PyExc_ValueError, "grid_map: no cells");
+        goto fail;
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) O[i] = T[grid_cell(x[i], lo, inv_h, nc)];
+    Py_END_ALLOW_THREADS
+    return bufs_done(&B, 0);
+fail:
+    bufs_release(&B);
+    return NULL;
+}
+
+/* grid(x, lo, inv_h, mu, W, S1, S2, D): every value's cell of a uniform grid,
+ * floor((x - lo) * inv_h) clipped to [0, ncells - 1], and per cell (all float64 buffers of
+ * ncells entries, overwritten): the count W, the sums S1 of x - mu and S2 of (x - mu)^2, and D,
+ * the sum over the cell's values of max(x - mu - S1 / W, 0) (deviations above the cell's mean) */
+static PyObject *py_grid(PyObject *self, PyObject *args)
+{
+    PyObject *ox, *oW, *oS1, *oS2, *oD;
+    double lo, inv_h, mu;
+    if (!PyArg_ParseTuple(args, "OdddOOOO", &ox, &lo, &inv_h, &mu, &oW, &oS1, &oS2, &oD))
+        return NULL;
+    Bufs B = {.n = 0};
+    Py_ssize_t n = 0, nc = 0;
+    const double *x = bufs_get(&B, ox, 0, 8, -1, "values", &n);
+    double *W = x ? bufs_get(&B, oW, 1, 8, -1, "W", &nc) : NULL;
+    double *S1 = W ? bufs_get(&B, oS1, 1, 8, nc, "S1", NULL) : NULL;
+    double *S2 = S1 ? bufs_get(&B, oS2, 1, 8, nc, "S2", NULL) : NULL;
+    double *D = S2 ? bufs_get(&B, oD, 1, 8, nc, "D", NULL) : NULL;
+    if (!D) goto fail;
+    if (nc < 1) {
+        PyErr_SetString(PyExc_ValueError, "grid: no cells");
+        goto fail;
+    }
+    double *acc = calloc(4 * nc, sizeof(double)); /* per cell: W, S1, S2, D side by side */
+    if (!acc) {
+        bufs_release(&B);
+        return PyErr_NoMemory();
+    }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) {
+        double *a = acc + 4 * grid_cell(x[i], lo, inv_h, nc), v = x[i] - mu;
+        a[0] += 1;
+        a[1] += v;
+        a[2] += v * v;
+    }
+    for (Py_ssize_t c = 0; c < nc; c++) { /* the cell's mean, in D's place for now */
+        double *a = acc + 4 * c;
+        a[3] = a[0] > 0 ? a[1] / a[0] : 0;
+    }
+    for (Py_ssize_t c = 0; c < nc; c++) D[c] = 0;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        Py_ssize_t c = grid_cell(x[i], lo, inv_h, nc);
+        D[c] += fmax(x[i] - mu - acc[4 * c + 3], 0); /* (fmax: no branch, d > 0 is unpredictable) */
+    }
+    for (Py_ssize_t c = 0; c < nc; c++) {
+        W[c] = acc[4 * c];
+        S1[c] = acc[4 * c + 1];
+        S2[c] = acc[4 * c + 2];
+    }
+    Py_END_ALLOW_THREADS
+    free(acc);
+    return bufs_done(&B, 0);
+fail:
+    bufs_release(&B);
+    return NULL;
+}
+
+/* grid_reach(cum, idx, D, h, t): max over atoms j of min over p = 1, 2, 4, ... of
+ * 4 p h D[j] + 4 D[j]^2 t / M_j(p), where M_j(p) = cum[min(i + p, nc)] - cum[max(i - p + 1, 0)]
+ * counts the values in the cells within p - 1 of atom j's cell i = idx[j] (cum: nc + 1 prefix
+ * counts of the grid's cells). See kmeans._grid_lower_bound. */
+static PyObject *py_grid_reach(PyObject *self, PyObject *args)
+{
+    PyObject *ocum, *oidx, *oD;
+    double h, t;
+    if (!PyArg_ParseTuple(args, "OOOdd", &ocum, &oidx, &oD, &h, &t)) return NULL;
+    Bufs B = {.n = 0};
+    Py_ssize_t ncum = 0, m = 0;
+    const double *cum = bufs_get(&B, ocum, 0, 8, -1, "cum", &ncum);
+    const int64_t *idx = cum ? bufs_get(&B, oidx, 0, 8, -1, "idx", &m) : NULL;
+    const double *D = idx ? bufs_get(&B, oD, 0, 8, m, "D", NULL) : NULL;
+    if (!D) goto fail;
+    Py_ssize_t nc = ncum - 1;
+    for (Py_ssize_t j = 0; j < m; j++) {
+        if (idx[j] < 0 || idx[j] >= nc) {
+            PyErr_SetString(PyExc_ValueError, "grid_reach: atom outside the grid");
+            goto fail;
+        }
+    }
+    double G = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t j = 0; j < m; j++) {
+        double d = D[j], best = INFINITY;
+        if (!(d > 0)) continue;
+        Py_ssize_t i = idx[j];
+        for (Py_ssize_t p = 1;; p *= 2) {
+            double a = 4 * (double)p * h * d;
+            if (a >= best) break; /* larger windows only add more */
+            Py_ssize_t r = i + p < nc ? i + p : nc, l = i - p + 1 > 0 ? i - p + 1 : 0;
+            double M = cum[r] - cum[l], v = a + 4 * d * d * t / M;
+            if (v < best) best = v;
+            if (p >= nc) break;
+        }
+        if (best > G) G = best;
+    }
+    Py_END_ALLOW_THREADS
+    bufs_release(&B);
+    return PyFloat_FromDouble(G);
+fail:
+    bufs_release(&B);
+    return NULL;
+}
+
 static PyObject *py_set_threads(PyObject *self, PyObject *args)
 {
     int n;
@@ -877,6 +1012,9 @@ static PyMethodDef methods[] = {
     {"rows", py_rows, METH_VARARGS, "Exact clustering of sorted rows: centroids and extents."},
     {"int_rows", py_int_rows, METH_VARARGS, "Exact clustering of integer rows, written back."},
     {"assign", py_assign, METH_VARARGS, "Replace every value by its cluster's centroid."},
+    {"grid", py_grid, METH_VARARGS, "Per-cell sums of a uniform grid over the values."},
+    {"grid_map", py_grid_map, METH_VARARGS, "Every value replaced by its grid cell's entry."},
+    {"grid_reach", py_grid_reach, METH_VARARGS, "The certificate's worst split-atom charge."},
     {"set_threads", py_set_threads, METH_VARARGS, "Threads for one big problem (a power of 2)."},
     {"count32", py_count32, METH_VARARGS, "Number of distinct 4-byte values (float32 aware)."},
     {NULL, NULL, 0, NULL},

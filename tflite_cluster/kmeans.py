@@ -84,6 +84,9 @@ MAX_TOLERANCE = 1e-3  # the largest certified gap allowed (0.1 % of the optimal 
 _ATOM_FIRST = 2048  # grid cells of the first (upper-bound) solve
 _ATOM_PAYS = 4  # atoms are used only when at most 1/_ATOM_PAYS of the row's length
 _ATOM_CELLS_MAX = 4  # ... and when the grid has at most this many cells per value
+_ATOM_ROUNDS = 4  # grids tried before a row is solved exactly
+_ATOM_SAMPLE = 1 << 15  # values of the sample that sizes the first grid
+_LAMBDA_STEPS = 5  # fixed-point steps for the certificate's multiplier
 _DENSE_MAX = 512  # rows with more distinct values go to divide and conquer
 _CHUNK_ELEMS = 1 << 22  # entries of a dense chunk's cost table (32 MB in float64)
 _CAND_CHUNK = 1 << 16  # candidates evaluated at once by divide and conquer
@@ -367,16 +370,12 @@ def _certified_row(x, K, tol):
     (relative) of the optimum: ``(snapped row, certified gap)``, or None when that does not pay
     or cannot be shown (the caller then solves exactly).
 
-    Atoms are the non-empty cells of a uniform grid over the row's range (one pass of
-    ``bincount``, no sort). A clustering that never splits an atom costs what the DP over the
-    atoms (their means, weighted by their counts) says plus the within-atom sums of squares, a
-    constant; so the atom optimum ``U`` is an upper bound on the optimum ``OPT``. The optimal
-    clustering splits at most ``K - 1`` atoms; charging a split atom as if whole and assigned
-    fractionally overestimates its cost by ``2 sum_j (c_{j+1} - c_j) A_j`` (Abel summation over
-    its parts, ``A_j`` the sum of ``x - mean`` above the j-th cut, at most ``D`` = the sum of
-    ``x - mean`` over its values above the mean, computed per atom), and the
-    fractional charge is at least ``U``. The centroid steps add up to at most the row's range,
-    so ``OPT >= U - 2 * range * max D``.
+    Atoms are the non-empty cells of a uniform grid over the row's range (a pass over the
+    values, no sort). A clustering that never splits an atom costs what the DP over the atoms
+    (their means, weighted by their counts) says plus the within-atom sums of squares, a
+    constant; so the atom optimum ``U`` is an upper bound on the optimum ``OPT``, and
+    :func:`_grid_lower_bound` proves a lower bound. The grid starts coarse and is refined (the
+    bound's gap shrinks as the square of the cell width) until the gap is under ``tol``.
     """
     n = len(x)
     lo = float(x.min())
@@ -384,62 +383,146 @@ def _certified_row(x, K, tol):
     if not span > 0:
         return None
     mu = float(x.mean())
-    xc = x - mu
 
-    def grid(h):
-        cell = ((x - lo) * (1.0 / h)).astype(np.int64)
-        W = np.bincount(cell).astype(np.float64)
-        nz = np.flatnonzero(W)
-        if len(nz) <= K or len(nz) * _ATOM_PAYS > n:
-            return None
-        S1 = np.bincount(cell, weights=xc)[nz]
-        S2 = np.bincount(cell, weights=xc * xc)[nz]
-        return cell, nz, W[nz], S1, S2
-
-    def solve(W, S1):
+    def on_grid(v, cells):
+        """The atom solve of values ``v`` on ``cells`` cells: (its gap, and the pieces)."""
+        h = span / cells
+        Wd, S1d, S2d, Dd = _grid(v, lo, h, mu, cells)
+        nz = np.flatnonzero(Wd)
+        W, S1, S2 = Wd[nz], S1d[nz], S2d[nz]
+        if len(nz) <= K:
+            return None, None
         loc = _solve_exact(S1 / W, W, np.zeros(1, np.int64), np.array([len(W)]), K, False)[0]
-        return loc
+        cw, c1, c2 = (np.add.reduceat(t, loc) for t in (W, S1, S2))
+        U = float(np.sum(c2 - c1 * c1 / cw))
+        lb = _grid_lower_bound(U, K, span, h, Wd, nz, Dd[nz])
+        gap = (U - lb) / lb if lb > 0 else np.inf
+        return gap, (h, nz, W, S1, loc, lb, U)
 
-    def cost(loc, W, S1, S2):
-        cw, c1, c2 = (np.add.reduceat(v, loc) for v in (W, S1, S2))
-        return float(np.sum(c2 - c1 * c1 / cw))
+    def finer(cells, gap):
+        """More cells, aiming at half the tolerance (the gap shrinks as the cell width^2)."""
+        grow = np.sqrt(gap / (tol / 2)) if np.isfinite(gap) else 16.0
+        return int(np.ceil(cells * min(max(grow, 1.25), 16.0)))
 
-    h = span / _ATOM_FIRST
-    g = grid(h)
-    if g is None:
-        return None
-    _, _, W, S1, S2 = g
-    target = tol * cost(solve(W, S1), W, S1, S2) / 2  # U0 >= OPT: aim under half the tolerance
-    dens = float(W.max()) / h  # count per unit of the densest cell so far
-    for _ in range(6):
-        # aim for 2 range D <= target with D ~ count x width / 8 = dens h^2 / 8 (values spread
-        # evenly over an atom; the check below uses each atom's exact D)
-        h = min(h, np.sqrt(4 * target / (span * dens)))
-        if span / h > _ATOM_CELLS_MAX * n:
+    cells = _ATOM_FIRST
+    step = n // _ATOM_SAMPLE
+    if step > 1:
+        # the gap is about the same for a sample of the values (relative to its optimum), so
+        # a coarse solve of a sample tells the grid to start the real solve with
+        gap, _ = on_grid(np.ascontiguousarray(x[::step]), cells)
+        if gap is None:
             return None
-        g = grid(h)
-        if g is None:
+        if gap > tol:
+            cells = finer(cells, gap)
+    for _ in range(_ATOM_ROUNDS):
+        if cells > _ATOM_CELLS_MAX * n:
             return None
-        cell, nz, W, S1, S2 = g
-        atom = np.zeros(int(nz[-1]) + 1, np.int64)
-        atom[nz] = np.arange(len(nz))
-        at = atom[cell]  # each value's atom
-        # D of every atom exactly: its values' deviations above the atom's mean, summed
-        D = float(np.max(np.bincount(at, weights=np.maximum(xc - (S1 / W)[at], 0))))
-        loc = solve(W, S1)
-        U = cost(loc, W, S1, S2)
-        lb = U * (1 - 1e-9) - 2 * span * D  # (1e-9: margin for rounding in U)
-        if lb > 0 and U - lb <= tol * lb:
+        gap, got = on_grid(x, cells)
+        if gap is None or len(got[1]) * _ATOM_PAYS > n:
+            return None
+        if gap <= tol:
             break
-        dens = max(dens, float(W.max()) / h)
-        target /= 2
+        cells = finer(cells, gap)
     else:
         return None
+    h, nz, W, S1, loc, lb, U = got
     label = np.zeros(len(W), np.int64)
     label[loc[1:]] = 1
     label = np.cumsum(label)
     cen = np.add.reduceat(S1, loc) / np.add.reduceat(W, loc) + mu
-    return cen[label[at]], (U - lb) / lb
+    cen_cell = np.zeros(cells)
+    cen_cell[nz] = cen[label]
+    if kernel() == "c":
+        out = np.empty(n)
+        _dp.grid_map(np.ascontiguousarray(x, np.float64), lo, 1.0 / h, cen_cell, out)
+        return out, (U - lb) / lb
+    return cen_cell[_cells(x, lo, h, cells)], (U - lb) / lb
+
+
+def _cells(x, lo, h, cells):
+    """Each value's grid cell (as the compiled kernel's ``grid_cell`` computes it)."""
+    return np.minimum(np.maximum((x - lo) * (1.0 / h), 0).astype(np.int64), cells - 1)
+
+
+def _grid(x, lo, h, mu, cells):
+    """Per grid cell: count, sum of ``x - mu``, of its square, and ``D``, the sum of the values'
+    deviations above their cell's mean (dense float64 arrays of ``cells`` entries)."""
+    W, S1, S2, D = (np.empty(cells) for _ in range(4))
+    if kernel() == "c":
+        _dp.grid(np.ascontiguousarray(x, np.float64), lo, 1.0 / h, mu, W, S1, S2, D)
+        return W, S1, S2, D
+    cell = _cells(x, lo, h, cells)
+    xc = x - mu
+    W = np.bincount(cell, minlength=cells).astype(np.float64)
+    S1 = np.bincount(cell, weights=xc, minlength=cells)
+    S2 = np.bincount(cell, weights=xc * xc, minlength=cells)
+    mean = np.divide(S1, W, out=np.zeros(cells), where=W > 0)
+    D = np.bincount(cell, weights=np.maximum(xc - mean[cell], 0), minlength=cells)
+    return W, S1, S2, D
+
+
+def _grid_lower_bound(U, K, span, h, Wd, nz, D):
+    """A lower bound on the optimal SSE of values whose best clustering on the grid's atoms
+    costs ``U`` (``Wd``: counts per cell; ``nz``: the atoms' cells; ``D``: per atom, the sum of
+    its values' deviations above its mean).
+
+    Take an optimal clustering, centroids ``c_1 < ... < c_K``, and ``r_j = (c_{j+1} - c_j) / 2``:
+    cluster j ends at the midpoint ``b_j = c_j + r_j``. It splits at most ``K - 1`` atoms, one
+    per cut, and putting each split atom whole into one of its two clusters, centroids kept,
+    costs at most ``4 r_j D`` more (Abel summation over the atom's parts; ``D`` of the atom
+    holding ``b_j``). That clustering never splits an atom, so
+
+        U <= OPT + sum_j 4 r_j D_j.                                          (1)
+
+    Two ways to bound the sum:
+
+    * ``sum_j 2 r_j <= span``, so ``OPT >= U - 2 span max D`` (the bound of the first version);
+    * every value within ``r_j`` of ``b_j`` is ``r_j - |x - b_j|`` from its centroid, and these
+      neighbourhoods ``[c_j, c_{j+1}]`` do not overlap, so ``OPT >= sum_j Phi_j`` with
+      ``Phi_j = sum_{|x - b_j| <= r_j} (r_j - |x - b_j|)^2``. The ``M(p)`` values in the cells
+      within ``p - 1`` of ``b_j``'s cell are within ``p h`` of it, so
+      ``Phi_j >= M(p) max(r_j - p h, 0)^2`` for every ``p``. For any ``lambda > 0``,
+      ``4 r D - lambda M (r - p h)^2 <= 4 p h D + 4 D^2 / (lambda M)`` over all ``r``; so with
+      ``G`` the largest over atoms of the smallest of these over ``p`` (``grid_reach``),
+      (1) gives ``U <= OPT + (K - 1) G + lambda OPT``: ``OPT >= (U - (K - 1) G) / (1 + lambda)``.
+
+    ``lambda`` is chosen by a few fixed-point steps (any value gives a valid bound). The larger
+    bound is returned, with margins for rounding (``U`` relative 1e-9; ``h`` relative 1e-9,
+    plus ``1e-12`` of the span for the rounding of each value's cell).
+    """
+    Uc = U * (1 - 1e-9)
+    best = Uc - 2 * span * float(np.max(D))
+    live = D > 0
+    if not live.any():
+        return Uc  # no atom has two different values: nothing to split
+    idx = np.ascontiguousarray(nz[live], np.int64)
+    d = np.ascontiguousarray(D[live], np.float64)
+    cum = np.concatenate([[0.0], np.cumsum(Wd)])
+    hh = h * (1 + 1e-9) + span * 1e-12  # (a value's cell is computed with rounding)
+    lam = 1e-4
+    for _ in range(_LAMBDA_STEPS):
+        G = _grid_reach(cum, idx, d, hh, 1.0 / lam)
+        best = max(best, (Uc - (K - 1) * G) / (1 + lam))
+        if not G > 0 or not U > 0:
+            break
+        lam = (K - 1) * G / (2 * U)  # where the two terms of the bound balance (G ~ lam^-1/2)
+    return best
+
+
+def _grid_reach(cum, idx, D, h, t):
+    """max over atoms of min over p = 1, 2, 4, ... of ``4 p h D + 4 D^2 t / M(p)``."""
+    if kernel() == "c":
+        return _dp.grid_reach(cum, idx, D, h, t)
+    nc = len(cum) - 1
+    best = np.full(len(idx), np.inf)
+    p = 1
+    while True:
+        M = cum[np.minimum(idx + p, nc)] - cum[np.maximum(idx - p + 1, 0)]
+        best = np.minimum(best, 4 * p * h * D + 4 * D * D * t / M)
+        if p >= nc:
+            break
+        p *= 2
+    return float(best.max()) if len(best) else 0.0
 
 
 def _ranges(starts, lengths):
