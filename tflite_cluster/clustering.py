@@ -257,11 +257,36 @@ def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | 
 
     patches = Patches()
     reports = []
-    for i, (w, s, applied) in enumerate(resolved):
+    plan = [(w, s, applied, skip_reason(w, s, applied)) for w, s, applied in resolved]
+
+    def given(w):
+        """The weight's new array when the caller computed it already, else None."""
+        return None if precomputed is None or w.sparse else precomputed.get(w.buffer)
+
+    # the weights to cluster, computed ahead on worker threads and taken in order below
+    todo = [(w, s) for w, s, _, skipped in plan if skipped is None and given(w) is None]
+    ahead = kmeans.map_ahead(
+        lambda job: _cluster_tensor(tfl.read_array(data, job[0]), job[0], job[1], config),
+        todo, sizes=[w.elements for w, _ in todo])
+    try:
+        _cluster_all(data, label, plan, given, ahead, patches, reports, progress)
+    finally:
+        ahead.close()
+
+    report = ClusterReport(model=label, config=config.to_dict(), tensors=tuple(reports),
+                           unmatched_rules=unmatched, size=info.size,
+                           seconds=time.perf_counter() - start)
+    source = Path(model) if isinstance(model, (str, Path)) else data
+    return ClusterResult(source, label, patches, report)
+
+
+def _cluster_all(data, label, plan, given, ahead, patches, reports, progress):
+    """The body of :func:`cluster`: every weight of ``plan`` checked, clustered (the next result
+    of ``ahead``, or given), patched and reported, in order."""
+    for i, (w, s, applied, skipped) in enumerate(plan):
         if progress:
-            progress(i, len(resolved), w.name)
+            progress(i, len(plan), w.name)
         stored = tfl.read_array(data, w)
-        skipped = skip_reason(w, s, applied)
         if skipped is None and w.dtype in ("float32", "float16") and not np.all(np.isfinite(stored)):
             raise InvalidModelError(label, f"tensor '{w.name}' (subgraph {w.subgraph}, tensor "
                                            f"{w.tensor}) has NaN or Inf weights; cannot cluster it")
@@ -276,10 +301,11 @@ def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | 
                                         **common))
             continue
         try:
-            if precomputed is not None and w.buffer in precomputed and not w.sparse:
-                new, note, gap = precomputed[w.buffer], None, None
+            new = given(w)
+            if new is not None:
+                note, gap = None, None
             else:
-                new, note, gap = _cluster_tensor(stored, w, s, config)
+                new, note, gap = next(ahead).result()
         except UnsupportedModelError as exc:
             reports.append(TensorReport(clusters=None, granularity=None, space=None, method=None,
                                         unique_after=before, mse=None, sqnr_db=None,
@@ -303,10 +329,4 @@ def cluster(model, config: ClusterConfig | None = None, *, progress: Progress | 
         del stored, new, new_bytes, ref, err
         release_pages(data, w.data_offset, w.nbytes)
     if progress:
-        progress(len(resolved), len(resolved), "")
-
-    report = ClusterReport(model=label, config=config.to_dict(), tensors=tuple(reports),
-                           unmatched_rules=unmatched, size=info.size,
-                           seconds=time.perf_counter() - start)
-    source = Path(model) if isinstance(model, (str, Path)) else data
-    return ClusterResult(source, label, patches, report)
+        progress(len(plan), len(plan), "")

@@ -74,7 +74,7 @@ except ImportError:  # pragma: no cover - depends on the build
     _dp = None
 
 __all__ = ["ATOM_MIN", "INITS", "MAX_TOLERANCE", "METHODS", "ProblemTooLarge", "kernel",
-           "optimal_sse_bruteforce", "set_threads", "snap_rows", "sse"]
+           "map_ahead", "optimal_sse_bruteforce", "set_threads", "snap_rows", "sse"]
 
 METHODS = ("optimal", "kmeans")
 INITS = ("linear", "kmeans++", "density", "random")
@@ -86,7 +86,7 @@ _ATOM_PAYS = 4  # atoms are used only when at most 1/_ATOM_PAYS of the row's len
 _ATOM_CELLS_MAX = 4  # ... and when the grid has at most this many cells per value
 _ATOM_ROUNDS = 4  # grids tried before a row is solved exactly
 _ATOM_SAMPLE = 1 << 15  # values of the sample that sizes the first grid
-_LAMBDA_STEPS = 5  # fixed-point steps for the certificate's multiplier
+_LAMBDA_STEPS = 3  # fixed-point steps for the certificate's multiplier
 _DENSE_MAX = 512  # rows with more distinct values go to divide and conquer
 _CHUNK_ELEMS = 1 << 22  # entries of a dense chunk's cost table (32 MB in float64)
 _CAND_CHUNK = 1 << 16  # candidates evaluated at once by divide and conquer
@@ -98,6 +98,7 @@ _TABLE_LIMIT = 1 << 31  # bytes of backtracking table allowed for one problem
 _HIST_SPAN = 1 << 10  # integer rows whose codes span at most this (or 4x the row length) are
 # clustered from per-row histograms by the compiled kernel
 _SORT_INT_MAX = 4096  # integer rows up to this long take the compiled kernel's sorted-row path
+_AHEAD_ELEMS = 40_000_000  # elements of the problems map_ahead keeps in flight at once
 _THREAD_MIN_WORK = 2e6  # estimated evaluations below which the compiled kernel runs on one thread
 _FLOAT_EXACT = float(1 << 52)  # integer sums below this are exact in float64
 
@@ -140,19 +141,13 @@ def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: boo
     if method == "kmeans":
         return _kmeans_rows(a, k, integer, zero_fixed, init, seed)
     if tolerance > 0 and not integer and not zero_fixed and k > 1 and a.shape[1] > ATOM_MIN:
-        done = []
-        for r in range(a.shape[0]):
-            got = _certified_row(a[r], k, float(tolerance))
-            if got is not None:
-                done.append((r, got[0]))
-                if info is not None:
-                    info["gap"] = max(info["gap"], got[1])
-        if done:
-            rest = np.setdiff1d(np.arange(a.shape[0]), [r for r, _ in done])
-            out = np.empty(a.shape, np.float64)
-            for r, row in done:
-                out[r] = row
-            if len(rest):
+        out = np.empty(a.shape, np.float64)
+        gaps = [_certified_row(a[r], k, float(tolerance), out[r]) for r in range(a.shape[0])]
+        rest = [r for r, g in enumerate(gaps) if g is None]
+        if len(rest) < a.shape[0]:
+            if info is not None:
+                info["gap"] = max(g for g in gaps if g is not None)
+            if rest:
                 out[rest] = snap_rows(a[rest], k, method=method, zero_fixed=zero_fixed)
             return out
     if not zero_fixed and kernel() == "c":
@@ -365,10 +360,11 @@ def _optimal_flags(vals, wts, ptr, k, integer, zero_fixed, changed):
     return flags, zero_mark
 
 
-def _certified_row(x, K, tol):
+def _certified_row(x, K, tol, out):
     """One float row (1-D) clustered on "atoms" with a proof that its SSE is within ``tol``
-    (relative) of the optimum: ``(snapped row, certified gap)``, or None when that does not pay
-    or cannot be shown (the caller then solves exactly).
+    (relative) of the optimum: the snapped row is written to ``out`` (float64, like ``x``) and
+    the certified gap returned; or None when that does not pay or cannot be shown (the caller
+    then solves exactly; ``out`` may have been written).
 
     Atoms are the non-empty cells of a uniform grid over the row's range (a pass over the
     values, no sort). A clustering that never splits an atom costs what the DP over the atoms
@@ -395,7 +391,7 @@ def _certified_row(x, K, tol):
         loc = _solve_exact(S1 / W, W, np.zeros(1, np.int64), np.array([len(W)]), K, False)[0]
         cw, c1, c2 = (np.add.reduceat(t, loc) for t in (W, S1, S2))
         U = float(np.sum(c2 - c1 * c1 / cw))
-        lb = _grid_lower_bound(U, K, span, h, Wd, nz, Dd[nz])
+        lb = _grid_lower_bound(U, K, span, h, Wd, nz, Dd[nz], lam=tol / 4)
         gap = (U - lb) / lb if lb > 0 else np.inf
         return gap, (h, nz, W, S1, loc, lb, U)
 
@@ -433,10 +429,10 @@ def _certified_row(x, K, tol):
     cen_cell = np.zeros(cells)
     cen_cell[nz] = cen[label]
     if kernel() == "c":
-        out = np.empty(n)
         _dp.grid_map(np.ascontiguousarray(x, np.float64), lo, 1.0 / h, cen_cell, out)
-        return out, (U - lb) / lb
-    return cen_cell[_cells(x, lo, h, cells)], (U - lb) / lb
+    else:
+        out[:] = cen_cell[_cells(x, lo, h, cells)]
+    return (U - lb) / lb
 
 
 def _cells(x, lo, h, cells):
@@ -461,7 +457,7 @@ def _grid(x, lo, h, mu, cells):
     return W, S1, S2, D
 
 
-def _grid_lower_bound(U, K, span, h, Wd, nz, D):
+def _grid_lower_bound(U, K, span, h, Wd, nz, D, lam=1e-4):
     """A lower bound on the optimal SSE of values whose best clustering on the grid's atoms
     costs ``U`` (``Wd``: counts per cell; ``nz``: the atoms' cells; ``D``: per atom, the sum of
     its values' deviations above its mean).
@@ -486,7 +482,8 @@ def _grid_lower_bound(U, K, span, h, Wd, nz, D):
       ``G`` the largest over atoms of the smallest of these over ``p`` (``grid_reach``),
       (1) gives ``U <= OPT + (K - 1) G + lambda OPT``: ``OPT >= (U - (K - 1) G) / (1 + lambda)``.
 
-    ``lambda`` is chosen by a few fixed-point steps (any value gives a valid bound). The larger
+    ``lambda`` is chosen by a few fixed-point steps from ``lam`` (any value gives a valid bound;
+    the steps approach the one where the two terms balance, as ``G ~ lambda^-1/2``). The larger
     bound is returned, with margins for rounding (``U`` relative 1e-9; ``h`` relative 1e-9,
     plus ``1e-12`` of the span for the rounding of each value's cell).
     """
@@ -499,13 +496,12 @@ def _grid_lower_bound(U, K, span, h, Wd, nz, D):
     d = np.ascontiguousarray(D[live], np.float64)
     cum = np.concatenate([[0.0], np.cumsum(Wd)])
     hh = h * (1 + 1e-9) + span * 1e-12  # (a value's cell is computed with rounding)
-    lam = 1e-4
     for _ in range(_LAMBDA_STEPS):
         G = _grid_reach(cum, idx, d, hh, 1.0 / lam)
         best = max(best, (Uc - (K - 1) * G) / (1 + lam))
         if not G > 0 or not U > 0:
             break
-        lam = (K - 1) * G / (2 * U)  # where the two terms of the bound balance (G ~ lam^-1/2)
+        lam = (K - 1) * G / (2 * U)
     return best
 
 
@@ -615,6 +611,50 @@ def _in_parts(work, run):
     cuts = np.searchsorted(np.cumsum(work), total * np.arange(1, nt) / nt)
     bounds = np.unique(np.concatenate([[0], cuts, [n]]))
     list(_pool(nt).map(lambda lo, hi: run(int(lo), int(hi)), bounds[:-1], bounds[1:]))
+
+
+def map_ahead(fn, items, sizes=None, budget=None):
+    """Futures of ``fn(item)`` for every item, in order, computed up to one per available core
+    at once on worker threads (the kernels release the GIL), so small problems that would each
+    run on one thread keep every core busy. A new item starts only while the items in flight
+    have at most ``budget`` elements in all (``sizes``: elements per item; default
+    ``_AHEAD_ELEMS``), so memory stays bounded. Each future is done when yielded;
+    ``result()`` returns the value or raises the item's own exception. One core (or one item):
+    plain calls, in order."""
+    from collections import deque
+    from concurrent.futures import Future, ThreadPoolExecutor
+
+    items = list(items)
+    sizes = [1] * len(items) if sizes is None else list(sizes)
+    budget = _AHEAD_ELEMS if budget is None else budget
+    nt = min(_threads(), len(items))
+    if nt < 2:
+        for item in items:
+            fut = Future()
+            try:
+                fut.set_result(fn(item))
+            except Exception as exc:  # handed to the caller through the future
+                fut.set_exception(exc)
+            yield fut
+        return
+    ex = ThreadPoolExecutor(nt, thread_name_prefix="tflite-cluster-ahead")
+    pending = deque()
+    try:
+        held = nxt = 0
+        for _ in items:
+            while nxt < len(items) and (not pending or (
+                    len(pending) < nt and held + sizes[nxt] <= budget)):
+                pending.append((ex.submit(fn, items[nxt]), sizes[nxt]))
+                held += sizes[nxt]
+                nxt += 1
+            fut, size = pending.popleft()
+            fut.exception()  # (waits)
+            held -= size
+            yield fut
+    finally:
+        for fut, _ in pending:
+            fut.cancel()
+        ex.shutdown(wait=True)
 
 
 def _c_solve(vals, wts, pstart, plen, K, integer):

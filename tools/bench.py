@@ -108,12 +108,18 @@ LAST_GAP = [0.0]  # the largest certified gap of the last run of ours (0: all ex
 
 
 def ours(blocks, k, integer):
+    """Our optimal method over the blocks (tensors), computed ahead on worker threads the way
+    the pipeline does it (``kmeans.map_ahead``)."""
+    def one(b):
+        info = {}
+        return km.snap_rows(b, k, integer=integer, tolerance=TOLERANCE, info=info), info["gap"]
+
     out = []
     LAST_GAP[0] = 0.0
-    for b in blocks:
-        info = {}
-        out.append(km.snap_rows(b, k, integer=integer, tolerance=TOLERANCE, info=info))
-        LAST_GAP[0] = max(LAST_GAP[0], info["gap"])
+    for fut in km.map_ahead(one, blocks, sizes=[b.size for b in blocks]):
+        snapped, gap = fut.result()
+        out.append(snapped)
+        LAST_GAP[0] = max(LAST_GAP[0], gap)
     return out
 
 
