@@ -138,6 +138,26 @@ def test_idempotent_and_deterministic():
     assert tc.cluster(data, km).data == tc.cluster(data, km).data
 
 
+def test_same_result_on_one_thread_and_many():
+    """Weights are clustered ahead on worker threads; the bytes and the report do not depend on
+    how many: one thread, or more than there are weights."""
+    from tflite_cluster import kmeans
+
+    data = mb.conv_model("float32")
+    cfg = tc.ClusterConfig(k=6, min_elements=0, granularity="tensor")
+    try:
+        kmeans.set_threads(1)
+        one = tc.cluster(data, cfg)
+        kmeans.set_threads(8)
+        many = tc.cluster(data, cfg)
+    finally:
+        kmeans.set_threads(None)
+    assert many.data == one.data
+    strip = [dict(t.to_dict()) for t in one.report.tensors]
+    assert [t.to_dict() for t in many.report.tensors] == strip
+    assert len(one.report.clustered) >= 2
+
+
 @pytest.mark.parametrize("init", ["linear", "kmeans++", "density", "random"])
 def test_kmeans_method_each_init(init):
     data = mb.mlp_model("float32")

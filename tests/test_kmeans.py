@@ -546,6 +546,57 @@ def test_compiled_kernel_rejects_bad_buffers():
                  b"\0" * 16)
 
 
+@pytest.mark.parametrize("threads", [1, 3])
+def test_map_ahead_order_errors_and_budget(threads):
+    """Results come back in order, each item's exception in its own future, and the items in
+    flight never hold more than the budget (one item may exceed it alone)."""
+    import threading
+    import time
+
+    lock = threading.Lock()
+    held, peak = [0], [0]
+
+    def fn(item):
+        size, value = item
+        with lock:
+            held[0] += size
+            peak[0] = max(peak[0], held[0])
+        time.sleep(0.01)
+        with lock:
+            held[0] -= size
+        if value < 0:
+            raise ValueError(f"bad {value}")
+        return value * 10
+
+    items = [(4, 0), (4, 1), (9, -2), (2, 3), (2, 4), (2, 5), (3, -6), (1, 7)]
+    try:
+        km.set_threads(threads)
+        got = []
+        for fut in km.map_ahead(fn, items, sizes=[n for n, _ in items], budget=8):
+            assert fut.done()
+            try:
+                got.append(fut.result())
+            except ValueError as exc:
+                got.append(str(exc))
+    finally:
+        km.set_threads(None)
+    assert got == [0, 10, "bad -2", 30, 40, 50, "bad -6", 70]
+    assert peak[0] <= 9  # the 9-element item ran alone
+    if threads == 1:
+        assert peak[0] == 9
+
+
+def test_map_ahead_stopped_early_leaves_nothing_running():
+    import threading
+
+    started = []
+    ahead = km.map_ahead(lambda i: started.append(i) or i, range(100))
+    assert next(ahead).result() == 0
+    ahead.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("tflite-cluster-ahead")]
+    assert len(started) < 100
+
+
 def test_set_threads():
     try:
         km.set_threads(1)

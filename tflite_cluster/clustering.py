@@ -20,7 +20,7 @@ from . import kmeans, model as tfl
 from .config import ClusterConfig, Granularity, Settings, Space
 from .errors import ConfigError, InvalidModelError, UnsupportedModelError
 from .fileio import Patches, map_file, release_pages, write_atomic
-from .quant import count_distinct, effective_space, from_space, make_rows, real_values, to_space
+from .quant import count_distinct, effective_space, error_sums, from_space, make_rows, to_space
 
 Progress = Callable[[int, int, str], None]
 
@@ -311,14 +311,11 @@ def _cluster_all(data, label, plan, given, ahead, patches, reports, progress):
                                         unique_after=before, mse=None, sqnr_db=None,
                                         skipped=exc.message, **common))
             continue
-        new_bytes = new.tobytes()
-        if new_bytes != stored.tobytes():
-            patches.add(w.data_offset, new_bytes)
-        ref = real_values(stored, w.dtype, w.quantization).ravel()
-        err = real_values(new, w.dtype, w.quantization).ravel()
-        err -= ref
-        sse = float(np.dot(err, err))  # (dot: no temporaries the size of the tensor)
-        signal = float(np.dot(ref, ref))
+        new = np.ascontiguousarray(new)
+        raw = new.reshape(-1).view(np.uint8)
+        if not np.array_equal(raw, np.ascontiguousarray(stored).reshape(-1).view(np.uint8)):
+            patches.add(w.data_offset, raw)
+        sse, signal = error_sums(stored, new, w.dtype, w.quantization)
         sqnr = None if sse == 0 else (10 * math.log10(signal / sse) if signal > 0 else -math.inf)
         reports.append(TensorReport(
             clusters=s.k, granularity=("tensor" if w.sparse else s.granularity.value),
@@ -326,7 +323,7 @@ def _cluster_all(data, label, plan, given, ahead, patches, reports, progress):
             unique_after=count_distinct(new), mse=sse / max(w.elements, 1), sqnr_db=sqnr,
             skipped=None, note=note,
             optimality_gap=(gap if s.method.value == "optimal" else None), **common))
-        del stored, new, new_bytes, ref, err
+        del stored, new, raw
         release_pages(data, w.data_offset, w.nbytes)
     if progress:
         progress(len(plan), len(plan), "")

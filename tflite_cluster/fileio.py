@@ -68,7 +68,10 @@ class Patches:
         self._items: list[tuple[int, bytes | tuple[int, int]]] = []
         self._spill = None
 
-    def add(self, offset: int, data: bytes) -> None:
+    def add(self, offset: int, data) -> None:
+        """New ``data`` (any C-contiguous bytes-like object, e.g. an array; copied) at
+        ``offset``."""
+        data = memoryview(data).cast("B")
         if len(data) >= self.SPILL_BYTES:
             if self._spill is None:
                 self._spill = tempfile.TemporaryFile()
@@ -76,7 +79,7 @@ class Patches:
             self._spill.write(data)
             self._items.append((offset, (pos, len(data))))
         else:
-            self._items.append((offset, data))
+            self._items.append((offset, bytes(data)))
 
     def __len__(self) -> int:
         return len(self._items)

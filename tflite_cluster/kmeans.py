@@ -682,7 +682,7 @@ def _c_rows(a, K, integer):
     cen = np.empty((R, K))
     last = np.empty((R, K))
     ncl = np.empty(R, np.int64)
-    out = np.empty((R, N))
+    out = srt  # (each range's sorted rows are done with once rows() returns: reused for output)
 
     def run(lo, hi):
         _dp.rows(srt[lo:hi], N, K, bool(integer), cen[lo:hi], last[lo:hi], ncl[lo:hi])

@@ -22,6 +22,7 @@ except ImportError:  # pragma: no cover - depends on the build
 from .config import Granularity, Space
 
 INTEGER_DTYPES = {"int8": (-128, 127), "uint8": (0, 255)}
+_SUM_CHUNK = 1 << 20  # values per chunk of error_sums
 
 
 def distinct_values(values: np.ndarray) -> np.ndarray:
@@ -77,6 +78,26 @@ def real_values(stored: np.ndarray, dtype: str, quant) -> np.ndarray:
             scale, zp = quant.scales[0], (quant.zero_points[0] if quant.zero_points else 0)
         x = (x - zp) * scale
     return x
+
+
+def error_sums(stored: np.ndarray, new: np.ndarray, dtype: str, quant) -> tuple[float, float]:
+    """(sum of squared errors of ``new`` against ``stored``, sum of squares of ``stored``), in
+    real values. Float weights are summed in chunks, so no float64 copy of a big tensor is
+    made; quantized ones (whose scales follow the tensor's shape) in one piece."""
+    if dtype in INTEGER_DTYPES:
+        ref = real_values(stored, dtype, quant).ravel()
+        err = real_values(new, dtype, quant).ravel()
+        err -= ref
+        return float(np.dot(err, err)), float(np.dot(ref, ref))
+    a, b = stored.reshape(-1), new.reshape(-1)
+    sse = signal = 0.0
+    for i in range(0, a.size, _SUM_CHUNK):
+        ref = a[i:i + _SUM_CHUNK].astype(np.float64)
+        err = b[i:i + _SUM_CHUNK].astype(np.float64)
+        err -= ref
+        sse += float(np.dot(err, err))
+        signal += float(np.dot(ref, ref))
+    return sse, signal
 
 
 def to_space(stored: np.ndarray, dtype: str, quant, space: Space) -> np.ndarray:
