@@ -147,7 +147,8 @@ class Rows:
         if self.axis is None:
             return blocks[0].reshape(self.shape)
         channels = self.shape[self.axis]
-        flat = np.concatenate([b.reshape(-1) for b in blocks]).reshape(channels, -1)
+        flat = (blocks[0] if len(blocks) == 1 else
+                np.concatenate([b.reshape(-1) for b in blocks])).reshape(channels, -1)
         moved = (channels,) + self.shape[:self.axis] + self.shape[self.axis + 1:]
         return np.ascontiguousarray(np.moveaxis(flat.reshape(moved), 0, self.axis))
 
