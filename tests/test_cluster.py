@@ -138,6 +138,19 @@ def test_idempotent_and_deterministic():
     assert tc.cluster(data, km).data == tc.cluster(data, km).data
 
 
+def test_error_sums_in_chunks_match_one_piece(monkeypatch):
+    from tflite_cluster import quant
+
+    rng = np.random.default_rng(4)
+    stored = rng.normal(size=(37, 29)).astype(np.float32)
+    new = (stored + rng.normal(scale=0.01, size=stored.shape)).astype(np.float32)
+    ref = stored.astype(np.float64)
+    want = (float(np.sum((new - ref) ** 2)), float(np.sum(ref ** 2)))
+    monkeypatch.setattr(quant, "_SUM_CHUNK", 100)  # 11 chunks, the last one short
+    got = quant.error_sums(stored, new, "float32", None)
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
 def test_same_result_on_one_thread_and_many():
     """Weights are clustered ahead on worker threads; the bytes and the report do not depend on
     how many: one thread, or more than there are weights."""

@@ -544,6 +544,48 @@ def test_compiled_kernel_rejects_bad_buffers():
     with pytest.raises(BufferError):
         dp.solve(np.zeros(3), np.ones(3), np.zeros(1, i64), np.array([3], i64), 2, False,
                  b"\0" * 16)
+    i32 = np.int32
+    with pytest.raises(ValueError, match="outside"):  # a code outside the stated span
+        dp.int_rows(np.array([0, 5, 9], i32), 3, 2, 0, 9, np.zeros(3, i32))
+    with pytest.raises(ValueError, match="out"):
+        dp.int_rows(np.array([0, 5, 8], i32), 3, 2, 0, 9, np.zeros(2, i32))
+    with pytest.raises(ValueError, match="whole number"):
+        dp.int_rows(np.zeros(5, i32), 2, 2, 0, 1, np.zeros(5, i32))
+    with pytest.raises(ValueError, match="D"):
+        dp.grid(np.zeros(4), 0.0, 1.0, 0.0, np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(2))
+    with pytest.raises(ValueError, match="out"):
+        dp.grid_map(np.zeros(4), 0.0, 1.0, np.zeros(3), np.zeros(3))
+    with pytest.raises(ValueError, match="outside the grid"):
+        dp.grid_reach(np.zeros(4), np.array([3], i64), np.ones(1), 1.0, 1.0)
+
+
+@pytest.mark.skipif(km._dp is None, reason="compiled kernel not built")
+def test_integer_row_paths_agree(monkeypatch):
+    """Integer rows take the compiled histogram path when their codes span little (int8 always;
+    int16 when the span is at most 1024 or 4x the row), else the sorted-row or histogram paths;
+    every one reaches the numpy kernels' optimum, leaves rows of <= k codes alone, and keeps the
+    dtype."""
+    rng = np.random.default_rng(5)
+    cases = [
+        rng.integers(-128, 128, size=(40, 9)).astype(np.int8),  # rows of <= k codes
+        np.round(rng.laplace(size=(30, 500)) * 20).clip(-128, 127).astype(np.int8),
+        np.round(rng.laplace(size=(6, 300)) * 200).astype(np.int16),  # span < 4 N
+        np.round(rng.laplace(size=(6, 50)) * 3000).astype(np.int16),  # wide span: sorted rows
+        np.round(rng.laplace(size=(1, 6000)) * 3000).astype(np.int16),  # long and wide
+        rng.integers(0, 256, size=(3, 700)).astype(np.uint8),
+    ]
+    for a in cases:
+        for k in (1, 4, 16):
+            got = km.snap_rows(a, k, integer=True)
+            assert got.dtype == a.dtype
+            monkeypatch.setenv("TFLITE_CLUSTER_KERNEL", "numpy")
+            ref = km.snap_rows(a, k, integer=True)
+            monkeypatch.delenv("TFLITE_CLUSTER_KERNEL")
+            np.testing.assert_array_equal(km.sse(a, got), km.sse(a, ref))
+            for r in range(a.shape[0]):
+                assert len(np.unique(got[r])) <= k
+                if len(np.unique(a[r])) <= k:
+                    np.testing.assert_array_equal(got[r], a[r])
 
 
 @pytest.mark.parametrize("threads", [1, 3])

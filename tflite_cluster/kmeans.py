@@ -43,8 +43,12 @@ kernels above are the fallback and the tests' second opinion.
 
 Certified rows (``tolerance > 0``, float rows longer than ``ATOM_MIN``): the DP runs over the
 non-empty cells of a uniform grid instead of the distinct values, and the result comes with a
-proven bound on its excess over the optimal SSE (see :func:`_certified_row`); the grid is
-refined until the bound is under ``tolerance``, or the row is solved exactly.
+proven bound on its excess over the optimal SSE (see :func:`_certified_row` and
+:func:`_grid_lower_bound`); the grid is refined until the bound is under ``tolerance``, or the
+row is solved exactly.
+
+:func:`map_ahead` runs many problems (the pipeline's tensors) a few at a time on worker threads,
+in order and within a memory budget, so tensors too small to split still use every core.
 
 ``zero_fixed`` (preserve sparsity): zero is a centroid and exact zeros stay zero. The zero cluster
 is an interval around 0 in sorted order, so the cost separates into the negatives (a prefix DP
