@@ -367,19 +367,26 @@ static int check_problems(const int64_t *ps, const int64_t *pl, Py_ssize_t P, Py
     return 0;
 }
 
-/* the row arguments of rows() and assign(): ``ox`` R x N float64 values, the clusters of each
+/* value i of a float64 buffer, or of a float32 one when ``single`` (exact either way) */
+static inline double value_at(const void *X, int single, Py_ssize_t i)
+{
+    return single ? (double)((const float *)X)[i] : ((const double *)X)[i];
+}
+
+/* the row arguments of rows() and assign(): ``ox`` R x N values (float64, or float32 when
+ * ``single``), the clusters of each
  * row (``cent`` and ``last`` R x K float64, ``ncl`` R int64; written by rows(), read by
  * assign()); R, or -1 with an exception set */
-static Py_ssize_t get_rows(Bufs *B, PyObject *ox, Py_ssize_t N, int K, PyObject *ocen,
-                           PyObject *olast, PyObject *oncl, int write_clusters, double **X,
-                           double **C, double **L, int64_t **NC)
+static Py_ssize_t get_rows(Bufs *B, PyObject *ox, int single, Py_ssize_t N, int K,
+                           PyObject *ocen, PyObject *olast, PyObject *oncl, int write_clusters,
+                           const void **X, double **C, double **L, int64_t **NC)
 {
     if (K < 1 || N < 1) {
         PyErr_SetString(PyExc_ValueError, "K and N must be >= 1");
         return -1;
     }
     Py_ssize_t total = 0;
-    if (!(*X = bufs_get(B, ox, 0, 8, -1, "values", &total))) return -1;
+    if (!(*X = bufs_get(B, ox, 0, single ? 4 : 8, -1, "values", &total))) return -1;
     Py_ssize_t R = total / N;
     if (R * N != total) {
         PyErr_SetString(PyExc_ValueError, "values: not a whole number of rows of N values");
@@ -515,8 +522,9 @@ fail:
     return NULL;
 }
 
-/* rows(sorted, N, K, integer, cent, last, ncl): every row of ``sorted`` (R x N float64, each
- * row ascending) clustered exactly into at most K clusters. Per row: ``ncl`` clusters, their
+/* rows(sorted, N, K, integer, cent, last, ncl[, single]): every row of ``sorted`` (R x N
+ * float64, or float32 when ``single``; each row ascending) clustered exactly into at most K
+ * clusters. Per row: ``ncl`` clusters, their
  * centroids ``cent`` (R x K; the rounded mean floor(mean + 0.5) for integer rows, else the
  * mean) and the largest value of each (``last``, R x K). A row with at most K distinct values
  * gets them as its own centroids (it comes back unchanged). */
@@ -524,13 +532,15 @@ static PyObject *py_rows(PyObject *self, PyObject *args)
 {
     PyObject *osrt, *ocen, *olast, *oncl;
     Py_ssize_t N;
-    int K, integer;
-    if (!PyArg_ParseTuple(args, "OnipOOO", &osrt, &N, &K, &integer, &ocen, &olast, &oncl))
+    int K, integer, single = 0;
+    if (!PyArg_ParseTuple(args, "OnipOOO|p", &osrt, &N, &K, &integer, &ocen, &olast, &oncl,
+                          &single))
         return NULL;
     Bufs B = {.n = 0};
-    double *X, *C, *L;
+    const void *X;
+    double *C, *L;
     int64_t *NC;
-    Py_ssize_t R = get_rows(&B, osrt, N, K, ocen, olast, oncl, 1, &X, &C, &L, &NC);
+    Py_ssize_t R = get_rows(&B, osrt, single, N, K, ocen, olast, oncl, 1, &X, &C, &L, &NC);
     if (R < 0) goto fail;
     Work w;
     memset(&w, 0, sizeof w);
@@ -546,14 +556,14 @@ static PyObject *py_rows(PyObject *self, PyObject *args)
         bad = 1;
     } else {
         for (Py_ssize_t r = 0; r < R; r++) {
-            const double *x = X + r * N;
             double *c = C + r * K, *l = L + r * K;
             Py_ssize_t m = 0;
             for (Py_ssize_t i = 0; i < N; i++) {
-                if (m && x[i] == vals[m - 1]) {
+                double v = value_at(X, single, r * N + i);
+                if (m && v == vals[m - 1]) {
                     wts[m - 1] += 1;
                 } else {
-                    vals[m] = x[i];
+                    vals[m] = v;
                     wts[m++] = 1;
                 }
             }
@@ -577,18 +587,21 @@ fail:
     return NULL;
 }
 
-/* assign(x, N, K, cent, last, ncl, out): out[r, i] = the centroid of the first cluster of row r
- * whose largest value is >= x[r, i] (x: R x N float64 in any order, out likewise) */
+/* assign(x, N, K, cent, last, ncl, out[, single]): out[r, i] = the centroid of the first cluster
+ * of row r whose largest value is >= x[r, i] (x: R x N float64, or float32 when ``single``, in
+ * any order; out: R x N float64) */
 static PyObject *py_assign(PyObject *self, PyObject *args)
 {
     PyObject *ox, *ocen, *olast, *oncl, *oout;
     Py_ssize_t N;
-    int K;
-    if (!PyArg_ParseTuple(args, "OniOOOO", &ox, &N, &K, &ocen, &olast, &oncl, &oout)) return NULL;
+    int K, single = 0;
+    if (!PyArg_ParseTuple(args, "OniOOOO|p", &ox, &N, &K, &ocen, &olast, &oncl, &oout, &single))
+        return NULL;
     Bufs B = {.n = 0};
-    double *X, *C, *L, *O;
+    const void *X;
+    double *C, *L, *O;
     int64_t *NC;
-    Py_ssize_t R = get_rows(&B, ox, N, K, ocen, olast, oncl, 0, &X, &C, &L, &NC);
+    Py_ssize_t R = get_rows(&B, ox, single, N, K, ocen, olast, oncl, 0, &X, &C, &L, &NC);
     if (R < 0 || !(O = bufs_get(&B, oout, 1, 8, R * N, "out", NULL))) goto fail;
     for (Py_ssize_t r = 0; r < R; r++) {
         if (NC[r] < 1 || NC[r] > K) {
@@ -598,11 +611,11 @@ static PyObject *py_assign(PyObject *self, PyObject *args)
     }
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < R; r++) {
-        const double *x = X + r * N, *c = C + r * K, *l = L + r * K;
+        const double *c = C + r * K, *l = L + r * K;
         double *o = O + r * N;
         Py_ssize_t nc = NC[r];
         for (Py_ssize_t i = 0; i < N; i++) {
-            double v = x[i];
+            double v = value_at(X, single, r * N + i);
             /* the first cluster whose largest value is >= v (the last one is): a binary
              * search without data-dependent branches (the answer stays in [p, p + len)) */
             const double *p = l;

@@ -142,11 +142,14 @@ def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: boo
     a, k = _check(rows, k, method, init, integer)
     if a.size == 0:
         return a.copy() if integer else a.astype(np.float64)
+    if not integer and (method == "kmeans" or zero_fixed or kernel() != "c"):
+        a = a.astype(np.float64, copy=False)  # (only the compiled row path reads float32)
     if method == "kmeans":
         return _kmeans_rows(a, k, integer, zero_fixed, init, seed)
     if tolerance > 0 and not integer and not zero_fixed and k > 1 and a.shape[1] > ATOM_MIN:
         out = np.empty(a.shape, np.float64)
-        gaps = [_certified_row(a[r], k, float(tolerance), out[r]) for r in range(a.shape[0])]
+        gaps = [_certified_row(a[r].astype(np.float64, copy=False), k, float(tolerance), out[r])
+                for r in range(a.shape[0])]
         rest = [r for r, g in enumerate(gaps) if g is None]
         if len(rest) < a.shape[0]:
             if info is not None:
@@ -281,7 +284,8 @@ def _check(rows, k, method, init, integer):
     else:
         if a.dtype.kind not in "fiu":
             raise ValueError(f"rows must be real numbers, got dtype {a.dtype}")
-        a = a.astype(np.float64, copy=False)
+        if a.dtype != np.float32:  # (float32 is widened later, where a kernel needs it)
+            a = a.astype(np.float64, copy=False)
         if a.size and not np.all(np.isfinite(a)):
             raise ValueError("rows contain NaN or infinite values")
     return a, k
@@ -678,19 +682,23 @@ def _c_solve(vals, wts, pstart, plen, K, integer):
 
 def _c_rows(a, K, integer):
     """Every row clustered by the compiled kernel, end to end: rows sorted by numpy, then the
-    kernel finds each row's distinct values, solves, and writes the centroids back."""
+    kernel finds each row's distinct values, solves, and writes the centroids back (float64).
+    float32 rows are read as they are (the kernel widens each value, exactly)."""
     R, N = a.shape
     _check_table(K, N)
-    x = np.ascontiguousarray(a, np.float64)
+    single = a.dtype == np.float32 and not integer
+    x = np.ascontiguousarray(a, np.float32 if single else np.float64)
     srt = np.sort(x, axis=1)
     cen = np.empty((R, K))
     last = np.empty((R, K))
     ncl = np.empty(R, np.int64)
-    out = srt  # (each range's sorted rows are done with once rows() returns: reused for output)
+    # (float64 rows: each range's sorted rows are done with once rows() returns, and hold its
+    # output; float32 ones are too narrow for it)
+    out = np.empty((R, N)) if single else srt
 
     def run(lo, hi):
-        _dp.rows(srt[lo:hi], N, K, bool(integer), cen[lo:hi], last[lo:hi], ncl[lo:hi])
-        _dp.assign(x[lo:hi], N, K, cen[lo:hi], last[lo:hi], ncl[lo:hi], out[lo:hi])
+        _dp.rows(srt[lo:hi], N, K, bool(integer), cen[lo:hi], last[lo:hi], ncl[lo:hi], single)
+        _dp.assign(x[lo:hi], N, K, cen[lo:hi], last[lo:hi], ncl[lo:hi], out[lo:hi], single)
 
     _in_parts(np.full(R, K * N * np.log2(N + 1)), run)
     return out.astype(a.dtype) if integer else out
