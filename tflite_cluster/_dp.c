@@ -35,7 +35,9 @@ typedef struct {
     double *W, *S1, *S2;      /* prefix sums of w, w x, w x^2 (n + 1) */
     double *Eprev, *Ecur;     /* layer values (n + 1) */
     int32_t *A;               /* optimal last-cluster start per layer >= 2 and t: K x (n + 1) */
-    Py_ssize_t cap, acap;
+    double *tab;              /* small problems: every cost(s, t), s < t, at tab[t (t - 1) / 2 + s] */
+    int use_tab;              /* tab holds the current problem's costs */
+    Py_ssize_t cap, acap, tcap;
 } Work;
 
 static inline double seg_cost(const Work *w, Py_ssize_t s, Py_ssize_t t)
@@ -82,10 +84,26 @@ static int work_reserve(Work *w, Py_ssize_t n, int K)
     return 0;
 }
 
+/* where row t of a cost table starts (rows 1..n, row t holding s = 0..t-1) */
+static inline Py_ssize_t tab_at(Py_ssize_t t) { return t * (t - 1) / 2; }
+
+/* room for the cost table of a problem of n points (0), or -1 (then no table is used) */
+static int tab_reserve(Work *w, Py_ssize_t n)
+{
+    Py_ssize_t need = tab_at(n + 1);
+    if (need > w->tcap) {
+        void *p = realloc(w->tab, need * sizeof(double));
+        if (!p) return -1;
+        w->tab = p;
+        w->tcap = need;
+    }
+    return 0;
+}
+
 static void work_free(Work *w)
 {
     free(w->W); free(w->S1); free(w->S2);
-    free(w->Eprev); free(w->Ecur); free(w->A);
+    free(w->Eprev); free(w->Ecur); free(w->A); free(w->tab);
 }
 
 static void prefix(Work *w, const double *x, const double *wt, Py_ssize_t n, int sign)
@@ -172,6 +190,84 @@ static Py_ssize_t scan_float(const double *E, const double *W, const double *S1,
     for (; s <= hi; s++) {
         double dW = Wt - W[s], d1 = S1t - S1[s], d2 = S2t - S2[s];
         double v = E[s] + (d2 - d1 * d1 / dW);
+        if (v < best) {
+            best = v;
+            bs = s;
+        }
+    }
+    *best_out = best;
+    return bs;
+}
+
+/* Small problems (n <= TAB_MAX, and n <= TAB_PER_K * K) keep every cost(s, t) in a table, filled
+ * four at a time, and each layer scans, for every end point t on its own, all s from Knuth's
+ * bound opt_{q-1}(t) up: more candidates than divide and conquer, but each is a load and an add,
+ * with no chain of dependent searches. The table holds exactly seg_cost's values (same
+ * arithmetic, no contraction; the integer centroid floor((2 S1 + W) / (2 W)) is taken by adding
+ * and taking away 2**52, then stepping down where that rounded up: the same integer), so the
+ * optimum and its ties are the same as the divide and conquer's. */
+#define TAB_MAX 256
+#define TAB_PER_K 24
+
+SCAN_CLONES
+static void fill_table(Work *w, Py_ssize_t n)
+{
+    const double *W = w->W, *S1 = w->S1, *S2 = w->S2;
+    const v4d two = {2, 2, 2, 2}, one = {1, 1, 1, 1};
+    const v4d big = {0x1p52, 0x1p52, 0x1p52, 0x1p52};
+    for (Py_ssize_t t = 1; t <= n; t++) {
+        double *row = w->tab + tab_at(t);
+        const v4d wt = {W[t], W[t], W[t], W[t]}, s1t = {S1[t], S1[t], S1[t], S1[t]};
+        const v4d s2t = {S2[t], S2[t], S2[t], S2[t]};
+        Py_ssize_t s = 0;
+        for (; s + 3 < t; s += 4) {
+            v4d a, b, c, v;
+            memcpy(&a, W + s, sizeof a);
+            memcpy(&b, S1 + s, sizeof b);
+            memcpy(&c, S2 + s, sizeof c);
+            v4d dW = wt - a, d1 = s1t - b, d2 = s2t - c;
+            if (w->integer) {
+                v4d x = (two * d1 + dW) / (two * dW);
+                v4d r = (x + big) - big;
+                r -= (v4d)((v4l)one & (r > x));
+                v = d2 - r * (two * d1 - r * dW);
+            } else {
+                v = d2 - d1 * d1 / dW;
+            }
+            memcpy(row + s, &v, sizeof v);
+        }
+        for (; s < t; s++) row[s] = seg_cost(w, s, t);
+    }
+}
+
+/* leftmost argmin over s in [lo, hi] of E[s] + C[s] (a table row), four at a time */
+SCAN_CLONES
+static Py_ssize_t scan_tab(const double *E, const double *C, Py_ssize_t lo, Py_ssize_t hi,
+                           double *best_out)
+{
+    double best = INFINITY;
+    Py_ssize_t bs = lo, s = lo;
+    v4d bv = {INFINITY, INFINITY, INFINITY, INFINITY};
+    v4l bi = {lo, lo, lo, lo}, idx = {lo, lo + 1, lo + 2, lo + 3};
+    const v4l four = {4, 4, 4, 4};
+    for (; s + 3 <= hi; s += 4) {
+        v4d e, c;
+        memcpy(&e, E + s, sizeof e);
+        memcpy(&c, C + s, sizeof c);
+        v4d v = e + c;
+        v4l m = v < bv;
+        bv = (v4d)(((v4l)v & m) | ((v4l)bv & ~m));
+        bi = (idx & m) | (bi & ~m);
+        idx += four;
+    }
+    for (int j = 0; j < 4; j++) {
+        if (bv[j] < best || (bv[j] == best && bi[j] < bs)) {
+            best = bv[j];
+            bs = (Py_ssize_t)bi[j];
+        }
+    }
+    for (; s <= hi; s++) {
+        double v = E[s] + C[s];
         if (v < best) {
             best = v;
             bs = s;
@@ -292,7 +388,29 @@ static void layers(Work *w, Py_ssize_t n, int Q, int full, double *keep)
         for (Py_ssize_t t = 0; t <= n; t++) w->Ecur[t] = INFINITY;
         Layer L = {w, w->Eprev, w->Ecur, Acur,
                    q > 2 ? w->A + (Py_ssize_t)(q - 1) * (n + 1) : NULL, prev_hi, q - 1};
-        if (lo <= hi) dc_split(&L, lo, hi, q - 1, hi - 1, dc_depth);
+        if (w->use_tab) {
+            /* Knuth's sweep, from the right: opt_{q-1}(t) <= opt_q(t) <= opt_q(t + 1) */
+            for (Py_ssize_t t = hi; t >= lo; t--) {
+                Py_ssize_t a = L.Aprev && t <= prev_hi && L.Aprev[t] > q - 1 ? L.Aprev[t] : q - 1;
+                Py_ssize_t b = t < hi && Acur[t + 1] < t - 1 ? Acur[t + 1] : t - 1;
+                const double *C = w->tab + tab_at(t), *E = w->Eprev;
+                if (b - a >= SCAN_MIN) {
+                    Acur[t] = (int32_t)scan_tab(E, C, a, b, w->Ecur + t);
+                    continue;
+                }
+                double best = INFINITY; /* (a short range: inline, no call) */
+                Py_ssize_t bs = a;
+                for (Py_ssize_t s = a; s <= b; s++) {
+                    double v = E[s] + C[s];
+                    bs = v < best ? s : bs;
+                    best = v < best ? v : best;
+                }
+                w->Ecur[t] = best;
+                Acur[t] = (int32_t)bs;
+            }
+        } else if (lo <= hi) {
+            dc_split(&L, lo, hi, q - 1, hi - 1, dc_depth);
+        }
         double *tmp = w->Eprev;
         w->Eprev = w->Ecur;
         w->Ecur = tmp;
@@ -403,7 +521,10 @@ static void solve_one(Work *w, const double *vals, const double *wts, Py_ssize_t
                       int64_t *out)
 {
     prefix(w, vals, wts, n, 1);
+    w->use_tab = n <= TAB_MAX && n <= (Py_ssize_t)TAB_PER_K * K && tab_reserve(w, n) == 0;
+    if (w->use_tab) fill_table(w, n);
     layers(w, n, K - 1, 0, NULL);
+    w->use_tab = 0;
     /* last layer: only t = n */
     double best = INFINITY;
     Py_ssize_t bs = K - 1;

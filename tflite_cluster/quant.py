@@ -88,16 +88,22 @@ def error_sums(stored: np.ndarray, new: np.ndarray, dtype: str, quant) -> tuple[
         ref = real_values(stored, dtype, quant).ravel()
         err = real_values(new, dtype, quant).ravel()
         err -= ref
-        return float(np.dot(err, err)), float(np.dot(ref, ref))
+        return _dot(err, err), _dot(ref, ref)
     a, b = stored.reshape(-1), new.reshape(-1)
     sse = signal = 0.0
     for i in range(0, a.size, _SUM_CHUNK):
         ref = a[i:i + _SUM_CHUNK].astype(np.float64)
         err = b[i:i + _SUM_CHUNK].astype(np.float64)
         err -= ref
-        sse += float(np.dot(err, err))
-        signal += float(np.dot(ref, ref))
+        sse += _dot(err, err)
+        signal += _dot(ref, ref)
     return sse, signal
+
+
+def _dot(a: np.ndarray, b: np.ndarray) -> float:
+    """Dot product of 1-D arrays without BLAS: a BLAS call wakes its worker threads, which then
+    spin for a while and take cores from the clustering kernels."""
+    return float(np.einsum("i,i->", a, b))
 
 
 def to_space(stored: np.ndarray, dtype: str, quant, space: Space) -> np.ndarray:
