@@ -143,6 +143,7 @@ typedef struct {
     const int32_t *Aprev; /* NULL: no Knuth bound */
     Py_ssize_t prev_hi;   /* Aprev valid for t <= prev_hi */
     Py_ssize_t smin;      /* q - 1 */
+    const double *tab;    /* the problem's cost table, or NULL */
 } Layer;
 
 #if defined(__GNUC__) && defined(__x86_64__) && defined(__linux__)
@@ -277,7 +278,23 @@ static Py_ssize_t scan_tab(const double *E, const double *C, Py_ssize_t lo, Py_s
     return bs;
 }
 
-#define SCAN_MIN 7 /* candidate ranges at least this wide go to scan_float */
+#define SCAN_MIN 7 /* candidate ranges at least this wide go to scan_float / scan_tab */
+
+/* leftmost argmin over s in [lo, hi] of E[s] + C[s]: short ranges inline (no call) */
+static inline Py_ssize_t best_in_row(const double *E, const double *C, Py_ssize_t lo,
+                                     Py_ssize_t hi, double *best_out)
+{
+    if (hi - lo >= SCAN_MIN) return scan_tab(E, C, lo, hi, best_out);
+    double best = INFINITY;
+    Py_ssize_t bs = lo;
+    for (Py_ssize_t s = lo; s <= hi; s++) {
+        double v = E[s] + C[s];
+        bs = v < best ? s : bs;
+        best = v < best ? v : best;
+    }
+    *best_out = best;
+    return bs;
+}
 /* one node of the divide and conquer: E_q(mid) and its leftmost optimal s within [sl, sr] */
 static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssize_t sr)
 {
@@ -287,7 +304,9 @@ static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssiz
         lo = L->Aprev[mid];
     double best = INFINITY; /* (not address-taken: stays in a register in the loop) */
     Py_ssize_t bs = lo;
-    if (!L->w->integer && hi - lo >= SCAN_MIN) {
+    if (L->tab) {
+        bs = best_in_row(L->Eprev, L->tab + tab_at(mid), lo, hi, &best);
+    } else if (!L->w->integer && hi - lo >= SCAN_MIN) {
         const Work *w = L->w;
         double got;
         bs = scan_float(L->Eprev, w->W, w->S1, w->S2, w->W[mid], w->S1[mid], w->S2[mid], lo, hi,
@@ -388,25 +407,14 @@ static void layers(Work *w, Py_ssize_t n, int Q, int full, double *keep)
         for (Py_ssize_t t = 0; t <= n; t++) w->Ecur[t] = INFINITY;
         Layer L = {w, w->Eprev, w->Ecur, Acur,
                    q > 2 ? w->A + (Py_ssize_t)(q - 1) * (n + 1) : NULL, prev_hi, q - 1};
-        if (w->use_tab) {
-            /* Knuth's sweep, from the right: opt_{q-1}(t) <= opt_q(t) <= opt_q(t + 1) */
+        L.tab = w->use_tab ? w->tab : NULL;
+        if (w->use_tab && q > 2) {
+            /* Knuth's sweep, from the right: opt_{q-1}(t) <= opt_q(t) <= opt_q(t + 1) (layer 2
+             * has no lower bound: divide and conquer over the table does fewer lookups) */
             for (Py_ssize_t t = hi; t >= lo; t--) {
                 Py_ssize_t a = L.Aprev && t <= prev_hi && L.Aprev[t] > q - 1 ? L.Aprev[t] : q - 1;
                 Py_ssize_t b = t < hi && Acur[t + 1] < t - 1 ? Acur[t + 1] : t - 1;
-                const double *C = w->tab + tab_at(t), *E = w->Eprev;
-                if (b - a >= SCAN_MIN) {
-                    Acur[t] = (int32_t)scan_tab(E, C, a, b, w->Ecur + t);
-                    continue;
-                }
-                double best = INFINITY; /* (a short range: inline, no call) */
-                Py_ssize_t bs = a;
-                for (Py_ssize_t s = a; s <= b; s++) {
-                    double v = E[s] + C[s];
-                    bs = v < best ? s : bs;
-                    best = v < best ? v : best;
-                }
-                w->Ecur[t] = best;
-                Acur[t] = (int32_t)bs;
+                Acur[t] = (int32_t)best_in_row(w->Eprev, w->tab + tab_at(t), a, b, w->Ecur + t);
             }
         } else if (lo <= hi) {
             dc_split(&L, lo, hi, q - 1, hi - 1, dc_depth);
