@@ -38,8 +38,11 @@ exceed ``_TABLE_LIMIT`` (2 GiB) is refused with :class:`ValueError`.
 
 The compiled kernel (``_dp.c``, an optional extension; :func:`kernel` says which is in use)
 runs the same recurrences one problem at a time in C: divide and conquer per layer with Knuth's
-bound, exact integer sums, the GIL released and big batches split over threads. The numpy
-kernels above are the fallback and the tests' second opinion.
+bound, exact integer sums, the GIL released and big batches split over threads. Problems of at
+most 256 distinct values (all int8 rows, which it reads as per-row histograms) instead keep a
+table of every segment cost and run Knuth's sweep over it; the table holds the very same
+values, so the optimum and its ties do not change. The numpy kernels above are the fallback and
+the tests' second opinion.
 
 Certified rows (``tolerance > 0``, float rows longer than ``ATOM_MIN``): the DP runs over the
 non-empty cells of a uniform grid instead of the distinct values, and the result comes with a
@@ -58,10 +61,9 @@ the other ``k - 1`` clusters between the two sides is searched exactly.
 ``method="kmeans"`` is scipy's ``kmeans2`` (Lloyd) per row with TFMOT's initialisations, seeded.
 
 Speed (``tools/bench.py --section targets``, 2-core machine, k=16, compiled kernel): a
-MobileNetV2-sized set (2.2 M values, 17 k channels) takes 0.2-0.3 s in int8 per channel and
-0.35-0.4 s in float per channel (scipy ``kmeans2``: ~6 s, with 20-25 % more SSE); one float row
-of 2.2 M values 0.07-0.14 s certified within 1e-4, ~1.2 s exact. The numpy kernels are 3-10x
-slower.
+MobileNetV2-sized set (2.2 M values, 17 k channels) takes 0.10-0.13 s in int8 per channel and
+0.32-0.35 s in float per channel (scipy ``kmeans2``: 6-9 s, with 20-25 % more SSE), 0.1 s per
+tensor in float (certified within 1e-4). The numpy kernels are 3-10x slower.
 """
 
 from __future__ import annotations
