@@ -338,6 +338,22 @@ def test_compiled_kernel_is_built_in_ci():
 
 
 @pytest.mark.skipif(km._dp is None, reason="compiled kernel not built")
+def test_compiled_kernel_is_built_from_this_source():
+    """The extension carries the hash of the _dp.c it was built from. A rebuild that fails (an
+    optional extension fails silently, and the old build stays) would otherwise test old code."""
+    import hashlib
+    from pathlib import Path
+
+    source = Path(km.__file__).with_name("_dp.c")
+    if not source.exists():
+        pytest.skip("installed without the C source")
+    want = hashlib.sha256(source.read_bytes()).hexdigest()
+    assert km._dp.SOURCE_SHA256 == want, (
+        "the compiled kernel is stale (built from another _dp.c): rebuild it with "
+        "`python setup.py build_ext --inplace`, which shows compiler errors")
+
+
+@pytest.mark.skipif(km._dp is None, reason="compiled kernel not built")
 @pytest.mark.parametrize("zero_fixed", [False, True])
 def test_compiled_equals_numpy_kernels(monkeypatch, zero_fixed):
     """Mixed batches (short rows, rows over the numpy dense limit, ties, int codes): the compiled

@@ -1181,4 +1181,16 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_dp", NULL, -1, methods};
 
-PyMODINIT_FUNC PyInit__dp(void) { return PyModule_Create(&module); }
+#ifndef DP_SOURCE_SHA256
+#define DP_SOURCE_SHA256 "unknown"
+#endif
+
+PyMODINIT_FUNC PyInit__dp(void)
+{
+    PyObject *m = PyModule_Create(&module);
+    if (m && PyModule_AddStringConstant(m, "SOURCE_SHA256", DP_SOURCE_SHA256) < 0) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}
