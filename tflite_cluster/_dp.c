@@ -564,6 +564,29 @@ static void solve_one(Work *w, const double *vals, const double *wts, Py_ssize_t
     backtrack(w, n, K - 1, bs, out);
 }
 
+/* A row's scratch in rows() and int_rows(): its distinct values and their weights (up to cap),
+ * and its clusters' starts, centroids and largest values (K). */
+typedef struct {
+    double *vals, *wts, *c, *l;
+    int64_t *st;
+} RowBufs;
+
+static void rowbufs_free(RowBufs *b)
+{
+    free(b->vals); free(b->wts); free(b->c); free(b->l); free(b->st);
+}
+
+/* 0, or -1 when out of memory (what was allocated is freed by rowbufs_free either way) */
+static int rowbufs_get(RowBufs *b, Py_ssize_t cap, int K)
+{
+    b->vals = malloc((cap ? cap : 1) * sizeof(double));
+    b->wts = malloc((cap ? cap : 1) * sizeof(double));
+    b->c = malloc(K * sizeof(double));
+    b->l = malloc(K * sizeof(double));
+    b->st = malloc((size_t)(K + 1) * sizeof(int64_t));
+    return b->vals && b->wts && b->c && b->l && b->st ? 0 : -1;
+}
+
 /* the K clusters of m > K sorted distinct points: their starts st[0..K] (st[K] = m), centroids
  * c (the rounded mean of an integer problem, else the mean) and largest values l */
 static void cluster_row(Work *w, const double *vals, const double *wts, Py_ssize_t m, int K,
@@ -624,12 +647,12 @@ static PyObject *py_int_rows(PyObject *self, PyObject *args)
     memset(&w, 0, sizeof w);
     w.integer = 1;
     Py_ssize_t cap = N < span ? N : span; /* distinct codes of a row, at most */
-    double *vals = malloc(cap * sizeof(double)), *wts = malloc(cap * sizeof(double));
-    double *c = malloc(K * sizeof(double)), *l = malloc(K * sizeof(double));
-    int64_t *st = malloc((size_t)(K + 1) * sizeof(int64_t));
-    int64_t *hist = calloc(span, sizeof(int64_t));
+    RowBufs rb;
+    int bad = rowbufs_get(&rb, cap, K) < 0;
+    double *vals = rb.vals, *wts = rb.wts, *c = rb.c, *l = rb.l;
+    int64_t *st = rb.st, *hist = calloc(span, sizeof(int64_t));
     int32_t *lut = malloc(span * sizeof(int32_t));
-    int bad = !vals || !wts || !c || !l || !st || !hist || !lut || work_reserve(&w, cap, K) < 0;
+    bad = bad || !hist || !lut || work_reserve(&w, cap, K) < 0;
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < R && !bad; r++) {
         const int32_t *x = X + r * N;
@@ -660,7 +683,9 @@ static PyObject *py_int_rows(PyObject *self, PyObject *args)
         for (Py_ssize_t i = 0; i < N; i++) o[i] = lut[x[i] - lo];
     }
     Py_END_ALLOW_THREADS
-    free(vals); free(wts); free(c); free(l); free(st); free(hist); free(lut);
+    rowbufs_free(&rb);
+    free(hist);
+    free(lut);
     work_free(&w);
     return bufs_done(&B, bad);
 fail:
@@ -691,41 +716,33 @@ static PyObject *py_rows(PyObject *self, PyObject *args)
     Work w;
     memset(&w, 0, sizeof w);
     w.integer = integer;
-    int bad = 0;
-    double *vals = NULL, *wts = NULL;
-    int64_t *st = NULL;
+    RowBufs rb;
+    int bad = rowbufs_get(&rb, N, K) < 0 || work_reserve(&w, N, K) < 0;
+    double *vals = rb.vals, *wts = rb.wts;
+    int64_t *st = rb.st;
     Py_BEGIN_ALLOW_THREADS
-    vals = malloc(N * sizeof(double));
-    wts = malloc(N * sizeof(double));
-    st = malloc((size_t)(K + 1) * sizeof(int64_t));
-    if (!vals || !wts || !st || work_reserve(&w, N, K) < 0) {
-        bad = 1;
-    } else {
-        for (Py_ssize_t r = 0; r < R; r++) {
-            double *c = C + r * K, *l = L + r * K;
-            Py_ssize_t m = 0;
-            for (Py_ssize_t i = 0; i < N; i++) {
-                double v = value_at(X, single, r * N + i);
-                if (m && v == vals[m - 1]) {
-                    wts[m - 1] += 1;
-                } else {
-                    vals[m] = v;
-                    wts[m++] = 1;
-                }
+    for (Py_ssize_t r = 0; r < R && !bad; r++) {
+        double *c = C + r * K, *l = L + r * K;
+        Py_ssize_t m = 0;
+        for (Py_ssize_t i = 0; i < N; i++) {
+            double v = value_at(X, single, r * N + i);
+            if (m && v == vals[m - 1]) {
+                wts[m - 1] += 1;
+            } else {
+                vals[m] = v;
+                wts[m++] = 1;
             }
-            if (m <= K) {
-                for (Py_ssize_t j = 0; j < m; j++) c[j] = l[j] = vals[j];
-                NC[r] = m;
-                continue;
-            }
-            cluster_row(&w, vals, wts, m, K, st, c, l);
-            NC[r] = K;
         }
+        if (m <= K) {
+            for (Py_ssize_t j = 0; j < m; j++) c[j] = l[j] = vals[j];
+            NC[r] = m;
+            continue;
+        }
+        cluster_row(&w, vals, wts, m, K, st, c, l);
+        NC[r] = K;
     }
     Py_END_ALLOW_THREADS
-    free(vals);
-    free(wts);
-    free(st);
+    rowbufs_free(&rb);
     work_free(&w);
     return bufs_done(&B, bad);
 fail:

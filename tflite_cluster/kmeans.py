@@ -141,7 +141,7 @@ def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: boo
         raise ValueError(f"tolerance must be between 0 and {MAX_TOLERANCE}, got {tolerance!r}")
     if info is not None:
         info["gap"] = 0.0
-    a, k = _check(rows, k, method, init, integer)
+    a, k, codes = _check(rows, k, method, init, integer)
     if a.size == 0:
         return a.copy() if integer else a.astype(np.float64)
     if not integer and (method == "kmeans" or zero_fixed or kernel() != "c"):
@@ -162,8 +162,7 @@ def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: boo
     if not zero_fixed and kernel() == "c":
         if not integer:
             return _c_rows(a, k, False)
-        lo = int(a.min())
-        span = int(a.max()) - lo + 1
+        lo, span = codes[0], codes[1] - codes[0] + 1
         if span <= max(_HIST_SPAN, 4 * a.shape[1]):
             return _c_int_rows(a, k, lo, span)
         if a.shape[1] <= _SORT_INT_MAX:
@@ -272,13 +271,14 @@ def _check(rows, k, method, init, integer):
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     a = np.asarray(rows)
+    codes = None  # integer rows: their smallest and largest code
     if a.ndim != 2:
         raise ValueError(f"rows must be a 2-D array (rows x values), got {a.ndim}-D")
     if integer:
         if a.dtype.kind not in "iu":
             raise ValueError(f"integer=True needs integer codes, got dtype {a.dtype}")
         if a.size:
-            lo, hi = int(a.min()), int(a.max())
+            lo, hi = codes = int(a.min()), int(a.max())
             span = float(hi - lo)
             if span * span * a.shape[1] >= _FLOAT_EXACT or max(abs(lo), abs(hi)) >= 1 << 31:
                 raise ValueError("integer codes too large for exact clustering "
@@ -290,7 +290,7 @@ def _check(rows, k, method, init, integer):
             a = a.astype(np.float64, copy=False)
         if a.size and not np.all(np.isfinite(a)):
             raise ValueError("rows contain NaN or infinite values")
-    return a, k
+    return a, k, codes
 
 
 # ----------------------------------------------------------------------------- distinct values
