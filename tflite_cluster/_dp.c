@@ -205,20 +205,23 @@ static void fill_table(Work *w, Py_ssize_t n)
 
 
 /* leftmost argmin over s in [lo, hi] of E[s] + cost(s, t), four candidates at a time: the costs
- * come from the row C of a cost table when C is not NULL, else from the prefix sums W, S1, S2
- * of a float problem with the end point's sums Wt, S1t, S2t (the same arithmetic as seg_cost,
- * in the same order, so the same values: the build turns off contraction into fused
- * multiply-adds) */
+ * come from the row C of a cost table when C is not NULL, else from the problem's prefix sums
+ * (the same arithmetic as seg_cost, in the same order, so the same values: the build turns off
+ * contraction into fused multiply-adds) */
 SCAN_CLONES
-static Py_ssize_t scan(const double *E, const double *C, const double *W, const double *S1,
-                       const double *S2, const double *R, double Wt, double S1t, double S2t,
+static Py_ssize_t scan(const double *E, const double *C, const Work *w, Py_ssize_t t,
                        Py_ssize_t lo, Py_ssize_t hi, double *best_out)
 {
+    const double *W = w ? w->W : NULL, *S1 = w ? w->S1 : NULL, *S2 = w ? w->S2 : NULL;
+    const double *R = w && w->rinv ? w->rinv + (w->rn - t) : NULL;
+    int integer = w && w->integer;
+    double Wt = w ? W[t] : 0, S1t = w ? S1[t] : 0, S2t = w ? S2[t] : 0;
     double best = INFINITY;
     Py_ssize_t bs = lo, s = lo;
     v4d bv = {INFINITY, INFINITY, INFINITY, INFINITY};
     v4l bi = {lo, lo, lo, lo}, idx = {lo, lo + 1, lo + 2, lo + 3};
     const v4l four = {4, 4, 4, 4};
+    const v4d two = {2, 2, 2, 2}, one = {1, 1, 1, 1}, big = {0x1p52, 0x1p52, 0x1p52, 0x1p52};
     const v4d wt = {Wt, Wt, Wt, Wt}, s1t = {S1t, S1t, S1t, S1t}, s2t = {S2t, S2t, S2t, S2t};
     for (; s + 3 <= hi; s += 4) {
         v4d e, v;
@@ -226,12 +229,17 @@ static Py_ssize_t scan(const double *E, const double *C, const double *W, const 
         if (C) {
             memcpy(&v, C + s, sizeof v);
         } else {
-            v4d w, a, b;
-            memcpy(&w, W + s, sizeof w);
+            v4d ws, a, b;
+            memcpy(&ws, W + s, sizeof ws);
             memcpy(&a, S1 + s, sizeof a);
             memcpy(&b, S2 + s, sizeof b);
-            v4d dW = wt - w, d1 = s1t - a, d2 = s2t - b;
-            if (R) {
+            v4d dW = wt - ws, d1 = s1t - a, d2 = s2t - b;
+            if (integer) {
+                v4d x = (two * d1 + dW) / (two * dW);
+                v4d r = (x + big) - big;
+                r -= (v4d)((v4l)one & (r > x));
+                v = d2 - r * (two * d1 - r * dW);
+            } else if (R) {
                 v4d r;
                 memcpy(&r, R + s, sizeof r);
                 v = d2 - d1 * d1 * r;
@@ -255,9 +263,11 @@ static Py_ssize_t scan(const double *E, const double *C, const double *W, const 
         double c;
         if (C) {
             c = C[s];
+        } else if (R) {
+            double d1 = S1t - S1[s];
+            c = (S2t - S2[s]) - d1 * d1 * R[s];
         } else {
-            double dW = Wt - W[s], d1 = S1t - S1[s], d2 = S2t - S2[s];
-            c = R ? d2 - d1 * d1 * R[s] : d2 - d1 * d1 / dW;
+            c = seg_cost(w, s, t);
         }
         double v = E[s] + c;
         if (v < best) {
@@ -275,7 +285,7 @@ static Py_ssize_t scan(const double *E, const double *C, const double *W, const 
 static inline Py_ssize_t best_in_row(const double *E, const double *C, Py_ssize_t lo,
                                      Py_ssize_t hi, double *best_out)
 {
-    if (hi - lo >= SCAN_MIN) return scan(E, C, NULL, NULL, NULL, NULL, 0, 0, 0, lo, hi, best_out);
+    if (hi - lo >= SCAN_MIN) return scan(E, C, NULL, 0, lo, hi, best_out);
     double best = INFINITY;
     Py_ssize_t bs = lo;
     for (Py_ssize_t s = lo; s <= hi; s++) {
@@ -297,12 +307,9 @@ static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssiz
     Py_ssize_t bs = lo;
     if (L->tab) {
         bs = best_in_row(L->Eprev, L->tab + tab_at(mid), lo, hi, &best);
-    } else if (!L->w->integer && hi - lo >= SCAN_MIN) {
-        const Work *w = L->w;
+    } else if (hi - lo >= SCAN_MIN) {
         double got;
-        const double *R = w->rinv ? w->rinv + (w->rn - mid) : NULL;
-        bs = scan(L->Eprev, NULL, w->W, w->S1, w->S2, R, w->W[mid], w->S1[mid], w->S2[mid], lo,
-                  hi, &got);
+        bs = scan(L->Eprev, NULL, L->w, mid, lo, hi, &got);
         best = got;
     } else if (L->w->rinv) {
         const Work *w = L->w;
@@ -311,18 +318,14 @@ static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssiz
         for (Py_ssize_t s = lo; s <= hi; s++) {
             double d1 = S1t - w->S1[s];
             double v = L->Eprev[s] + ((S2t - w->S2[s]) - d1 * d1 * R[s]);
-            if (v < best) {
-                best = v;
-                bs = s;
-            }
+            bs = v < best ? s : bs;
+            best = v < best ? v : best;
         }
     } else {
         for (Py_ssize_t s = lo; s <= hi; s++) {
             double v = L->Eprev[s] + seg_cost(L->w, s, mid);
-            if (v < best) {
-                best = v;
-                bs = s;
-            }
+            bs = v < best ? s : bs;
+            best = v < best ? v : best;
         }
     }
     L->Ecur[mid] = best;
@@ -330,9 +333,122 @@ static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssiz
     return bs;
 }
 
+/* The bottom of the divide and conquer: end points t in [tl, tr] (at most LEAF of them) whose
+ * optimal s all lie in [sl, sr] (at most LEAF_WIDTH wide), four end points at a time (one per
+ * vector lane), every candidate of the common range for each: no recursion and no
+ * data-dependent branches, for a few more (cheap) evaluations. A lane skips s >= t; candidates
+ * below a lane's Knuth bound are evaluated too (they are never its leftmost optimum). Same
+ * arithmetic as seg_cost and scan(), so the same values. Problems without a cost table. */
+#define LEAF 8
+#define LEAF_WIDTH 48
+
+enum { COST_FLOAT, COST_RINV, COST_INT };
+
+/* the costs of segments (s, t_j] for the four end points of a vector (same arithmetic as
+ * seg_cost); ``rv``: 1 / (t_j - s) for COST_RINV */
+static inline __attribute__((always_inline)) void cost4(int kind, const Work *w, Py_ssize_t s,
+                                                        v4d wt, v4d s1t, v4d s2t, v4d rv,
+                                                        v4d *out)
+{
+    const v4d two = {2, 2, 2, 2}, one = {1, 1, 1, 1}, big = {0x1p52, 0x1p52, 0x1p52, 0x1p52};
+    const v4d ws = {w->W[s], w->W[s], w->W[s], w->W[s]};
+    const v4d as = {w->S1[s], w->S1[s], w->S1[s], w->S1[s]};
+    const v4d bs = {w->S2[s], w->S2[s], w->S2[s], w->S2[s]};
+    v4d dW = wt - ws, d1 = s1t - as, d2 = s2t - bs;
+    if (kind == COST_INT) {
+        v4d x = (two * d1 + dW) / (two * dW);
+        v4d r = (x + big) - big;
+        r -= (v4d)((v4l)one & (r > x));
+        *out = d2 - r * (two * d1 - r * dW);
+    } else if (kind == COST_RINV) {
+        *out = d2 - d1 * d1 * rv;
+    } else {
+        *out = d2 - d1 * d1 / dW;
+    }
+}
+
+/* best of E[s] + cost over s in [lo, hi] for four end points t_j = tv (leftmost on ties; a lane
+ * skips s >= t_j), two candidates per step in two accumulators */
+static inline __attribute__((always_inline)) void leaf4(int kind, const Work *w, const double *E,
+                                                        Py_ssize_t lo, Py_ssize_t hi, v4l tv,
+                                                        v4d *bv_out, v4l *bi_out)
+{
+    const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};
+    const v4d wt = {w->W[tv[0]], w->W[tv[1]], w->W[tv[2]], w->W[tv[3]]};
+    const v4d s1t = {w->S1[tv[0]], w->S1[tv[1]], w->S1[tv[2]], w->S1[tv[3]]};
+    const v4d s2t = {w->S2[tv[0]], w->S2[tv[1]], w->S2[tv[2]], w->S2[tv[3]]};
+    const double *R = kind == COST_RINV ? w->rinv + w->rn : NULL;
+    const v4l l4 = {lo, lo, lo, lo};
+    v4d bv[2] = {inf, inf};
+    v4l bi[2] = {l4, l4};
+    for (Py_ssize_t s = lo; s <= hi; s += 2) {
+        for (int u = 0; u < 2; u++) {
+            Py_ssize_t c = s + u <= hi ? s + u : s; /* odd count: the last one twice */
+            v4d rv = {0, 0, 0, 0};
+            if (kind == COST_RINV) {
+                const double *r = R + c;
+                rv = (v4d){r[-tv[0]], r[-tv[1]], r[-tv[2]], r[-tv[3]]};
+            }
+            const v4l sv = {c, c, c, c};
+            const v4d es = {E[c], E[c], E[c], E[c]};
+            v4d v;
+            cost4(kind, w, c, wt, s1t, s2t, rv, &v);
+            v = es + v;
+            v4l ok = sv < tv;
+            v = (v4d)(((v4l)v & ok) | ((v4l)inf & ~ok));
+            v4l m = v < bv[u];
+            bv[u] = (v4d)(((v4l)v & m) | ((v4l)bv[u] & ~m));
+            bi[u] = (sv & m) | (bi[u] & ~m);
+        }
+    }
+    /* merge: the smaller value, the smaller index on ties */
+    v4l m = (bv[1] < bv[0]) | ((bv[1] == bv[0]) & (bi[1] < bi[0]));
+    *bv_out = (v4d)(((v4l)bv[1] & m) | ((v4l)bv[0] & ~m));
+    *bi_out = (bi[1] & m) | (bi[0] & ~m);
+}
+
+/* The bottom of the divide and conquer: end points t in [tl, tr] (at most LEAF of them) whose
+ * optimal s all lie in [sl, sr] (at most LEAF_WIDTH wide), four end points at a time (one per
+ * vector lane), every candidate of the common range for each: no recursion and no
+ * data-dependent branches, for a few more (cheap) evaluations. Candidates below a lane's Knuth
+ * bound are evaluated too (they are never its leftmost optimum); a group starts at the previous
+ * group's last optimum. Same arithmetic as seg_cost and scan(), so the same values. Problems
+ * without a cost table. */
+SCAN_CLONES
+static void dc_leaf(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
+{
+    const Work *w = L->w;
+    int kind = w->integer ? COST_INT : w->rinv ? COST_RINV : COST_FLOAT;
+    Py_ssize_t lo = sl > L->smin ? sl : L->smin;
+    for (Py_ssize_t t0 = tl; t0 <= tr; t0 += 4) {
+        if (L->Aprev && t0 <= L->prev_hi && L->Aprev[t0] > lo) lo = L->Aprev[t0];
+        Py_ssize_t hi = sr < t0 + 2 ? sr : t0 + 2; /* the last lane's t - 1 */
+        v4l tv;
+        for (int j = 0; j < 4; j++) tv[j] = t0 + j <= tr ? t0 + j : t0; /* past tr: copies */
+        v4d bv;
+        v4l bi;
+        if (kind == COST_INT)
+            leaf4(COST_INT, w, L->Eprev, lo, hi, tv, &bv, &bi);
+        else if (kind == COST_RINV)
+            leaf4(COST_RINV, w, L->Eprev, lo, hi, tv, &bv, &bi);
+        else
+            leaf4(COST_FLOAT, w, L->Eprev, lo, hi, tv, &bv, &bi);
+        int j = 0;
+        for (; j < 4 && t0 + j <= tr; j++) {
+            L->Ecur[t0 + j] = bv[j];
+            L->Acur[t0 + j] = (int32_t)bi[j];
+        }
+        if (bi[j - 1] > lo) lo = bi[j - 1];
+    }
+}
+
 static void dc(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
 {
     while (tl <= tr) {
+        if (!L->tab && tr - tl < LEAF && sr - sl < LEAF_WIDTH) {
+            dc_leaf(L, tl, tr, sl, sr);
+            return;
+        }
         Py_ssize_t mid = (tl + tr) >> 1;
         Py_ssize_t bs = dc_eval(L, mid, sl, sr);
         if (tr - tl < 1) break;

@@ -626,9 +626,11 @@ def _in_parts(work, run):
 def map_ahead(fn, items, sizes=None, budget=None):
     """Futures of ``fn(item)`` for every item, in order, computed up to one per available core
     at once on worker threads (the kernels release the GIL), so small problems that would each
-    run on one thread keep every core busy. A new item starts only while the items in flight
-    have at most ``budget`` elements in all (``sizes``: elements per item; default
-    ``_AHEAD_ELEMS``), so memory stays bounded. Each future is done when yielded;
+    run on one thread keep every core busy. Up to 4 items per core are queued ahead of the one
+    the caller waits for, so a core that finishes a small item goes on with the next while a
+    big one is still running. A new item is queued only while the items in flight have at most
+    ``budget`` elements in all (``sizes``: elements per item; default ``_AHEAD_ELEMS``), so
+    memory stays bounded. Each future is done when yielded;
     ``result()`` returns the value or raises the item's own exception. One core (or one item):
     plain calls, in order."""
     from collections import deque
@@ -653,7 +655,7 @@ def map_ahead(fn, items, sizes=None, budget=None):
         held = nxt = 0
         for _ in items:
             while nxt < len(items) and (not pending or (
-                    len(pending) < nt and held + sizes[nxt] <= budget)):
+                    len(pending) < 4 * nt and held + sizes[nxt] <= budget)):
                 pending.append((ex.submit(fn, items[nxt]), sizes[nxt]))
                 held += sizes[nxt]
                 nxt += 1
