@@ -17,11 +17,13 @@
  *   free clusters before the zero part, T[i, q] the first point at zero, and S[i, q, :] the
  *   local starts of the q clusters (-1 unused).
  *
- * E_q(t) = min_{q-1 <= s < t} E_{q-1}(s) + cost(s, t) is solved layer by layer with the divide
- * and conquer optimisation (the leftmost optimal s is monotone in t) and Knuth's bound
- * (opt_{q-1}(t) <= opt_q(t)); cost(s, t) comes from prefix sums of w, w x, w x^2. Integer
- * problems sum codes shifted to start at 0, exactly (the caller keeps the sums below 2**52), so
- * their costs are exact; float problems are centred on their weighted mean. The GIL is released while solving.
+ * E_q(t) = min_{q-1 <= s < t} E_{q-1}(s) + cost(s, t) is solved layer by layer: the leftmost
+ * optimal s, opt_q(t), is monotone in t, and opt_{q-1}(t) <= opt_q(t) (Knuth's bound). Big
+ * layers run the divide and conquer optimisation down to nodes of a few dozen end points, which
+ * sweep() finishes four end points per vector; small problems sweep whole layers over a table of
+ * their costs. cost(s, t) comes from prefix sums of w, w x, w x^2. Integer problems sum codes
+ * shifted to start at 0, exactly (the caller keeps the sums below 2**52), so their costs are
+ * exact; float problems are centred on their weighted mean. The GIL is released while solving.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -35,8 +37,9 @@ typedef struct {
     double *W, *S1, *S2;      /* prefix sums of w, w x, w x^2 (n + 1) */
     double *Eprev, *Ecur;     /* layer values (n + 1) */
     int32_t *A;               /* optimal last-cluster start per layer >= 2 and t: K x (n + 1) */
-    double *tab;              /* small problems: every cost(s, t), s < t, at tab[t (t - 1) / 2 + s] */
+    double *tab;              /* small problems: every cost(s, t), s < t, at tab[tab_col(n, s) + t] */
     int use_tab;              /* tab holds the current problem's costs */
+    Py_ssize_t tn;            /* ... of n points */
     /* float problems whose weights are all 1 (distinct values) divide by t - s: rinv[j] is
      * 1 / (rn - j), so a cost multiplies by rinv[rn - t + s] instead (within an ulp of the
      * division; a multiplication is far cheaper). NULL for other problems. */
@@ -89,13 +92,14 @@ static int work_reserve(Work *w, Py_ssize_t n, int K)
     return 0;
 }
 
-/* where row t of a cost table starts (rows 1..n, row t holding s = 0..t-1) */
-static inline Py_ssize_t tab_at(Py_ssize_t t) { return t * (t - 1) / 2; }
+/* A cost table is stored by columns: column s holds cost(s, t) for t = s + 1 .. n, at
+ * tab[tab_col(n, s) + t], so the costs of consecutive end points are contiguous. */
+static inline Py_ssize_t tab_col(Py_ssize_t n, Py_ssize_t s) { return s * n - s * (s + 1) / 2 - 1; }
 
 /* room for the cost table of a problem of n points (0), or -1 (then no table is used) */
 static int tab_reserve(Work *w, Py_ssize_t n)
 {
-    Py_ssize_t need = tab_at(n + 1);
+    Py_ssize_t need = n * (n + 1) / 2 + 4; /* (+4: a vector read past the last column) */
     if (need > w->tcap) {
         void *p = realloc(w->tab, need * sizeof(double));
         if (!p) return -1;
@@ -160,189 +164,7 @@ typedef struct {
 typedef double v4d __attribute__((vector_size(32)));
 typedef long long v4l __attribute__((vector_size(32)));
 
-/* Small problems (n <= TAB_MAX, and n <= TAB_PER_K * K) keep every cost(s, t) in a table, filled
- * four at a time, and run layers 3.. as Knuth's sweep over it (t from the right, s between
- * opt_{q-1}(t) and opt_q(t + 1)): O(n^2) lookups in all, each a load and an add, where divide
- * and conquer would compute fewer costs, each with a division. Layer 2 (no lower bound) runs
- * divide and conquer over the table. The table holds exactly seg_cost's values (same
- * arithmetic, no contraction; the integer centroid floor((2 S1 + W) / (2 W)) is taken by adding
- * and taking away 2**52, then stepping down where that rounded up: the same integer), so the
- * optimum and its ties are the same as without it. On MobileNetV2's int8 rows (about 80 codes
- * each) this is 1.5-1.8x faster; past about 300 values the n^2 table loses. */
-#define TAB_MAX 256
-#define TAB_PER_K 24
-
-SCAN_CLONES
-static void fill_table(Work *w, Py_ssize_t n)
-{
-    const double *W = w->W, *S1 = w->S1, *S2 = w->S2;
-    const v4d two = {2, 2, 2, 2}, one = {1, 1, 1, 1};
-    const v4d big = {0x1p52, 0x1p52, 0x1p52, 0x1p52};
-    for (Py_ssize_t t = 1; t <= n; t++) {
-        double *row = w->tab + tab_at(t);
-        const v4d wt = {W[t], W[t], W[t], W[t]}, s1t = {S1[t], S1[t], S1[t], S1[t]};
-        const v4d s2t = {S2[t], S2[t], S2[t], S2[t]};
-        Py_ssize_t s = 0;
-        for (; s + 3 < t; s += 4) {
-            v4d a, b, c, v;
-            memcpy(&a, W + s, sizeof a);
-            memcpy(&b, S1 + s, sizeof b);
-            memcpy(&c, S2 + s, sizeof c);
-            v4d dW = wt - a, d1 = s1t - b, d2 = s2t - c;
-            if (w->integer) {
-                v4d x = (two * d1 + dW) / (two * dW);
-                v4d r = (x + big) - big;
-                r -= (v4d)((v4l)one & (r > x));
-                v = d2 - r * (two * d1 - r * dW);
-            } else {
-                v = d2 - d1 * d1 / dW;
-            }
-            memcpy(row + s, &v, sizeof v);
-        }
-        for (; s < t; s++) row[s] = seg_cost(w, s, t);
-    }
-}
-
-
-/* leftmost argmin over s in [lo, hi] of E[s] + cost(s, t), four candidates at a time: the costs
- * come from the row C of a cost table when C is not NULL, else from the problem's prefix sums
- * (the same arithmetic as seg_cost, in the same order, so the same values: the build turns off
- * contraction into fused multiply-adds) */
-SCAN_CLONES
-static Py_ssize_t scan(const double *E, const double *C, const Work *w, Py_ssize_t t,
-                       Py_ssize_t lo, Py_ssize_t hi, double *best_out)
-{
-    const double *W = w ? w->W : NULL, *S1 = w ? w->S1 : NULL, *S2 = w ? w->S2 : NULL;
-    const double *R = w && w->rinv ? w->rinv + (w->rn - t) : NULL;
-    int integer = w && w->integer;
-    double Wt = w ? W[t] : 0, S1t = w ? S1[t] : 0, S2t = w ? S2[t] : 0;
-    double best = INFINITY;
-    Py_ssize_t bs = lo, s = lo;
-    v4d bv = {INFINITY, INFINITY, INFINITY, INFINITY};
-    v4l bi = {lo, lo, lo, lo}, idx = {lo, lo + 1, lo + 2, lo + 3};
-    const v4l four = {4, 4, 4, 4};
-    const v4d two = {2, 2, 2, 2}, one = {1, 1, 1, 1}, big = {0x1p52, 0x1p52, 0x1p52, 0x1p52};
-    const v4d wt = {Wt, Wt, Wt, Wt}, s1t = {S1t, S1t, S1t, S1t}, s2t = {S2t, S2t, S2t, S2t};
-    for (; s + 3 <= hi; s += 4) {
-        v4d e, v;
-        memcpy(&e, E + s, sizeof e);
-        if (C) {
-            memcpy(&v, C + s, sizeof v);
-        } else {
-            v4d ws, a, b;
-            memcpy(&ws, W + s, sizeof ws);
-            memcpy(&a, S1 + s, sizeof a);
-            memcpy(&b, S2 + s, sizeof b);
-            v4d dW = wt - ws, d1 = s1t - a, d2 = s2t - b;
-            if (integer) {
-                v4d x = (two * d1 + dW) / (two * dW);
-                v4d r = (x + big) - big;
-                r -= (v4d)((v4l)one & (r > x));
-                v = d2 - r * (two * d1 - r * dW);
-            } else if (R) {
-                v4d r;
-                memcpy(&r, R + s, sizeof r);
-                v = d2 - d1 * d1 * r;
-            } else {
-                v = d2 - d1 * d1 / dW;
-            }
-        }
-        v = e + v;
-        v4l m = v < bv;
-        bv = (v4d)(((v4l)v & m) | ((v4l)bv & ~m));
-        bi = (idx & m) | (bi & ~m);
-        idx += four;
-    }
-    for (int j = 0; j < 4; j++) {
-        if (bv[j] < best || (bv[j] == best && bi[j] < bs)) {
-            best = bv[j];
-            bs = (Py_ssize_t)bi[j];
-        }
-    }
-    for (; s <= hi; s++) {
-        double c;
-        if (C) {
-            c = C[s];
-        } else if (R) {
-            double d1 = S1t - S1[s];
-            c = (S2t - S2[s]) - d1 * d1 * R[s];
-        } else {
-            c = seg_cost(w, s, t);
-        }
-        double v = E[s] + c;
-        if (v < best) {
-            best = v;
-            bs = s;
-        }
-    }
-    *best_out = best;
-    return bs;
-}
-
-#define SCAN_MIN 7 /* candidate ranges at least this wide go to scan() */
-
-/* leftmost argmin over s in [lo, hi] of E[s] + C[s]: short ranges inline (no call) */
-static inline Py_ssize_t best_in_row(const double *E, const double *C, Py_ssize_t lo,
-                                     Py_ssize_t hi, double *best_out)
-{
-    if (hi - lo >= SCAN_MIN) return scan(E, C, NULL, 0, lo, hi, best_out);
-    double best = INFINITY;
-    Py_ssize_t bs = lo;
-    for (Py_ssize_t s = lo; s <= hi; s++) {
-        double v = E[s] + C[s];
-        bs = v < best ? s : bs;
-        best = v < best ? v : best;
-    }
-    *best_out = best;
-    return bs;
-}
-/* one node of the divide and conquer: E_q(mid) and its leftmost optimal s within [sl, sr] */
-static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssize_t sr)
-{
-    Py_ssize_t lo = sl > L->smin ? sl : L->smin;
-    Py_ssize_t hi = sr < mid - 1 ? sr : mid - 1;
-    if (L->Aprev && mid <= L->prev_hi && L->Aprev[mid] > lo)
-        lo = L->Aprev[mid];
-    double best = INFINITY; /* (not address-taken: stays in a register in the loop) */
-    Py_ssize_t bs = lo;
-    if (L->tab) {
-        bs = best_in_row(L->Eprev, L->tab + tab_at(mid), lo, hi, &best);
-    } else if (hi - lo >= SCAN_MIN) {
-        double got;
-        bs = scan(L->Eprev, NULL, L->w, mid, lo, hi, &got);
-        best = got;
-    } else if (L->w->rinv) {
-        const Work *w = L->w;
-        const double *R = w->rinv + (w->rn - mid);
-        double S1t = w->S1[mid], S2t = w->S2[mid];
-        for (Py_ssize_t s = lo; s <= hi; s++) {
-            double d1 = S1t - w->S1[s];
-            double v = L->Eprev[s] + ((S2t - w->S2[s]) - d1 * d1 * R[s]);
-            bs = v < best ? s : bs;
-            best = v < best ? v : best;
-        }
-    } else {
-        for (Py_ssize_t s = lo; s <= hi; s++) {
-            double v = L->Eprev[s] + seg_cost(L->w, s, mid);
-            bs = v < best ? s : bs;
-            best = v < best ? v : best;
-        }
-    }
-    L->Ecur[mid] = best;
-    L->Acur[mid] = (int32_t)bs;
-    return bs;
-}
-
-/* The bottom of the divide and conquer: end points t in [tl, tr] (at most LEAF of them) whose
- * optimal s all lie in [sl, sr] (at most LEAF_WIDTH wide), four end points at a time (one per
- * vector lane), every candidate of the common range for each: no recursion and no
- * data-dependent branches, for a few more (cheap) evaluations. A lane skips s >= t; candidates
- * below a lane's Knuth bound are evaluated too (they are never its leftmost optimum). Same
- * arithmetic as seg_cost and scan(), so the same values. Problems without a cost table. */
-#define LEAF 8
-#define LEAF_WIDTH 48
-
-enum { COST_FLOAT, COST_RINV, COST_INT };
+enum { COST_FLOAT, COST_RINV, COST_INT, COST_TAB }; /* (COST_TAB: from the cost table) */
 
 /* the costs of segments (s, t_j] for the four end points of a vector (same arithmetic as
  * seg_cost); ``rv``: 1 / (t_j - s) for COST_RINV */
@@ -367,12 +189,175 @@ static inline __attribute__((always_inline)) void cost4(int kind, const Work *w,
     }
 }
 
+/* the cost of segment (s, t] as cost4 computes it (and as seg_cost does, but for COST_RINV) */
+static inline double cost1(int kind, const Work *w, Py_ssize_t s, Py_ssize_t t)
+{
+    if (kind == COST_RINV) {
+        double d1 = w->S1[t] - w->S1[s];
+        return (w->S2[t] - w->S2[s]) - d1 * d1 * w->rinv[w->rn - t + s];
+    }
+    return seg_cost(w, s, t);
+}
+
+static inline int cost_kind(const Work *w)
+{
+    return w->integer ? COST_INT : w->rinv ? COST_RINV : COST_FLOAT;
+}
+
+/* Small problems (n <= TAB_MAX, and n <= TAB_PER_K * K) keep every cost(s, t) in a table, by
+ * columns, filled four end points at a time; each layer is then one sweep() that loads four end
+ * points' costs in one read instead of computing each with a division (O(n^2) evaluations in
+ * all, four per vector operation). The table holds exactly the computed costs (same
+ * arithmetic, no contraction; the integer centroid floor((2 S1 + W) / (2 W)) is taken by adding
+ * and taking away 2**52, then stepping down where that rounded up: the same integer), so the
+ * optimum and its ties are the same as without it. On MobileNetV2's int8 rows (about 80 codes
+ * each) this is 1.5x faster than the scalar sweep it replaced, which was 1.5-1.8x faster than
+ * divide and conquer; past about 300 values the n^2 table costs more than it saves. */
+#define TAB_MAX 256
+#define TAB_PER_K 24
+
+static inline __attribute__((always_inline)) void fill_kind(int kind, Work *w, Py_ssize_t n)
+{
+    const double *W = w->W, *S1 = w->S1, *S2 = w->S2;
+    for (Py_ssize_t s = 0; s < n; s++) {
+        double *col = w->tab + tab_col(n, s);
+        Py_ssize_t t = s + 1;
+        for (; t + 3 <= n; t += 4) {
+            v4d wt, s1t, s2t, rv = {0, 0, 0, 0}, v;
+            memcpy(&wt, W + t, sizeof wt);
+            memcpy(&s1t, S1 + t, sizeof s1t);
+            memcpy(&s2t, S2 + t, sizeof s2t);
+            if (kind == COST_RINV) {
+                const double *r = w->rinv + w->rn + s - t;
+                rv = (v4d){r[0], r[-1], r[-2], r[-3]};
+            }
+            cost4(kind, w, s, wt, s1t, s2t, rv, &v);
+            memcpy(col + t, &v, sizeof v);
+        }
+        for (; t <= n; t++) col[t] = cost1(kind, w, s, t);
+    }
+}
+
+SCAN_CLONES
+static void fill_table(Work *w, Py_ssize_t n)
+{
+    int kind = cost_kind(w);
+    if (kind == COST_INT)
+        fill_kind(COST_INT, w, n);
+    else if (kind == COST_RINV)
+        fill_kind(COST_RINV, w, n);
+    else
+        fill_kind(COST_FLOAT, w, n);
+    w->tn = n;
+}
+
+/* leftmost argmin over s in [lo, hi] of E[s] + cost(s, t), four candidates at a time, the costs
+ * computed from the problem's prefix sums (the same arithmetic as cost1, in the same order, so
+ * the same values: the build turns off contraction into fused multiply-adds) */
+SCAN_CLONES
+static Py_ssize_t scan(const double *E, const Work *w, Py_ssize_t t, Py_ssize_t lo,
+                       Py_ssize_t hi, double *best_out)
+{
+    const double *W = w->W, *S1 = w->S1, *S2 = w->S2;
+    const double *R = w->rinv ? w->rinv + (w->rn - t) : NULL;
+    int integer = w->integer;
+    double Wt = W[t], S1t = S1[t], S2t = S2[t];
+    double best = INFINITY;
+    Py_ssize_t bs = lo, s = lo;
+    v4d bv = {INFINITY, INFINITY, INFINITY, INFINITY};
+    v4l bi = {lo, lo, lo, lo}, idx = {lo, lo + 1, lo + 2, lo + 3};
+    const v4l four = {4, 4, 4, 4};
+    const v4d two = {2, 2, 2, 2}, one = {1, 1, 1, 1}, big = {0x1p52, 0x1p52, 0x1p52, 0x1p52};
+    const v4d wt = {Wt, Wt, Wt, Wt}, s1t = {S1t, S1t, S1t, S1t}, s2t = {S2t, S2t, S2t, S2t};
+    for (; s + 3 <= hi; s += 4) {
+        v4d e, v, ws, a, b;
+        memcpy(&e, E + s, sizeof e);
+        memcpy(&ws, W + s, sizeof ws);
+        memcpy(&a, S1 + s, sizeof a);
+        memcpy(&b, S2 + s, sizeof b);
+        v4d dW = wt - ws, d1 = s1t - a, d2 = s2t - b;
+        if (integer) {
+            v4d x = (two * d1 + dW) / (two * dW);
+            v4d r = (x + big) - big;
+            r -= (v4d)((v4l)one & (r > x));
+            v = d2 - r * (two * d1 - r * dW);
+        } else if (R) {
+            v4d r;
+            memcpy(&r, R + s, sizeof r);
+            v = d2 - d1 * d1 * r;
+        } else {
+            v = d2 - d1 * d1 / dW;
+        }
+        v = e + v;
+        v4l m = v < bv;
+        bv = (v4d)(((v4l)v & m) | ((v4l)bv & ~m));
+        bi = (idx & m) | (bi & ~m);
+        idx += four;
+    }
+    for (int j = 0; j < 4; j++) {
+        if (bv[j] < best || (bv[j] == best && bi[j] < bs)) {
+            best = bv[j];
+            bs = (Py_ssize_t)bi[j];
+        }
+    }
+    int kind = cost_kind(w);
+    for (; s <= hi; s++) {
+        double v = E[s] + cost1(kind, w, s, t);
+        if (v < best) {
+            best = v;
+            bs = s;
+        }
+    }
+    *best_out = best;
+    return bs;
+}
+
+#define SCAN_MIN 7 /* candidate ranges at least this wide go to scan() */
+
+/* one node of the divide and conquer: E_q(mid) and its leftmost optimal s within [sl, sr] */
+static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssize_t sr)
+{
+    Py_ssize_t lo = sl > L->smin ? sl : L->smin;
+    Py_ssize_t hi = sr < mid - 1 ? sr : mid - 1;
+    if (L->Aprev && mid <= L->prev_hi && L->Aprev[mid] > lo)
+        lo = L->Aprev[mid];
+    double best = INFINITY; /* (not address-taken: stays in a register in the loop) */
+    Py_ssize_t bs = lo;
+    const Work *w = L->w;
+    if (hi - lo >= SCAN_MIN) {
+        double got;
+        bs = scan(L->Eprev, w, mid, lo, hi, &got);
+        best = got;
+    } else if (L->tab) {
+        for (Py_ssize_t s = lo; s <= hi; s++) {
+            double v = L->Eprev[s] + L->tab[tab_col(w->tn, s) + mid];
+            bs = v < best ? s : bs;
+            best = v < best ? v : best;
+        }
+    } else {
+        int kind = cost_kind(w);
+        for (Py_ssize_t s = lo; s <= hi; s++) {
+            double v = L->Eprev[s] + cost1(kind, w, s, mid);
+            bs = v < best ? s : bs;
+            best = v < best ? v : best;
+        }
+    }
+    L->Ecur[mid] = best;
+    L->Acur[mid] = (int32_t)bs;
+    return bs;
+}
+
+#define LEAF 32        /* divide and conquer nodes of at most this many end points ... */
+#define LEAF_WIDTH 128 /* ... and candidates this wide go to sweep() */
+
 /* best of E[s] + cost over s in [lo, hi] for four end points t_j = tv (leftmost on ties; a lane
  * skips s >= t_j), two candidates per step in two accumulators */
 static inline __attribute__((always_inline)) void leaf4(int kind, const Work *w, const double *E,
                                                         Py_ssize_t lo, Py_ssize_t hi, v4l tv,
                                                         v4d *bv_out, v4l *bi_out)
 {
+    /* (COST_TAB reads end points tv[0] .. tv[0] + 3: the lanes past the block's end read
+     * whatever follows, and are not used) */
     const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};
     const v4d wt = {w->W[tv[0]], w->W[tv[1]], w->W[tv[2]], w->W[tv[3]]};
     const v4d s1t = {w->S1[tv[0]], w->S1[tv[1]], w->S1[tv[2]], w->S1[tv[3]]};
@@ -392,7 +377,10 @@ static inline __attribute__((always_inline)) void leaf4(int kind, const Work *w,
             const v4l sv = {c, c, c, c};
             const v4d es = {E[c], E[c], E[c], E[c]};
             v4d v;
-            cost4(kind, w, c, wt, s1t, s2t, rv, &v);
+            if (kind == COST_TAB)
+                memcpy(&v, w->tab + tab_col(w->tn, c) + tv[0], sizeof v);
+            else
+                cost4(kind, w, c, wt, s1t, s2t, rv, &v);
             v = es + v;
             v4l ok = sv < tv;
             v = (v4d)(((v4l)v & ok) | ((v4l)inf & ~ok));
@@ -407,46 +395,50 @@ static inline __attribute__((always_inline)) void leaf4(int kind, const Work *w,
     *bi_out = (bi[1] & m) | (bi[0] & ~m);
 }
 
-/* The bottom of the divide and conquer: end points t in [tl, tr] (at most LEAF of them) whose
- * optimal s all lie in [sl, sr] (at most LEAF_WIDTH wide), four end points at a time (one per
- * vector lane), every candidate of the common range for each: no recursion and no
- * data-dependent branches, for a few more (cheap) evaluations. Candidates below a lane's Knuth
- * bound are evaluated too (they are never its leftmost optimum); a group starts at the previous
- * group's last optimum. Same arithmetic as seg_cost and scan(), so the same values. Problems
- * without a cost table. */
+/* Knuth's sweep over the end points t in [tl, tr], whose optimal s lie in [sl, sr], four end
+ * points at a time (one per vector lane), from the right: a group's candidates run from the
+ * Knuth bound opt_{q-1}(t0) of its first end point to the optimum of the group on its right
+ * (opt_q is monotone), and every lane takes every candidate of that common range, so there are
+ * no data-dependent branches but the range's ends. Candidates outside a lane's own window are
+ * never its leftmost optimum. The costs come from the cost table when the problem has one
+ * (then a whole layer is one sweep), else are computed (the bottom of the divide and conquer);
+ * the same values either way. */
 SCAN_CLONES
-static void dc_leaf(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
+static void sweep(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
 {
     const Work *w = L->w;
-    int kind = w->integer ? COST_INT : w->rinv ? COST_RINV : COST_FLOAT;
-    Py_ssize_t lo = sl > L->smin ? sl : L->smin;
-    for (Py_ssize_t t0 = tl; t0 <= tr; t0 += 4) {
+    int kind = L->tab ? COST_TAB : cost_kind(w);
+    Py_ssize_t lo0 = sl > L->smin ? sl : L->smin;
+    Py_ssize_t up = sr; /* the optimum of the group to the right: a bound for every t left of it */
+    for (Py_ssize_t t0 = tl + ((tr - tl) & ~(Py_ssize_t)3); t0 >= tl; t0 -= 4) {
+        Py_ssize_t lo = lo0;
         if (L->Aprev && t0 <= L->prev_hi && L->Aprev[t0] > lo) lo = L->Aprev[t0];
-        Py_ssize_t hi = sr < t0 + 2 ? sr : t0 + 2; /* the last lane's t - 1 */
+        Py_ssize_t hi = up < t0 + 2 ? up : t0 + 2; /* (t0 + 2: the last lane's t - 1) */
         v4l tv;
         for (int j = 0; j < 4; j++) tv[j] = t0 + j <= tr ? t0 + j : t0; /* past tr: copies */
         v4d bv;
         v4l bi;
-        if (kind == COST_INT)
+        if (kind == COST_TAB)
+            leaf4(COST_TAB, w, L->Eprev, lo, hi, tv, &bv, &bi);
+        else if (kind == COST_INT)
             leaf4(COST_INT, w, L->Eprev, lo, hi, tv, &bv, &bi);
         else if (kind == COST_RINV)
             leaf4(COST_RINV, w, L->Eprev, lo, hi, tv, &bv, &bi);
         else
             leaf4(COST_FLOAT, w, L->Eprev, lo, hi, tv, &bv, &bi);
-        int j = 0;
-        for (; j < 4 && t0 + j <= tr; j++) {
+        for (int j = 0; j < 4 && t0 + j <= tr; j++) {
             L->Ecur[t0 + j] = bv[j];
             L->Acur[t0 + j] = (int32_t)bi[j];
         }
-        if (bi[j - 1] > lo) lo = bi[j - 1];
+        up = bi[0];
     }
 }
 
 static void dc(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
 {
     while (tl <= tr) {
-        if (!L->tab && tr - tl < LEAF && sr - sl < LEAF_WIDTH) {
-            dc_leaf(L, tl, tr, sl, sr);
+        if (tr - tl < LEAF && sr - sl < LEAF_WIDTH) {
+            sweep(L, tl, tr, sl, sr);
             return;
         }
         Py_ssize_t mid = (tl + tr) >> 1;
@@ -528,17 +520,10 @@ static void layers(Work *w, Py_ssize_t n, int Q, int full, double *keep)
         Layer L = {w, w->Eprev, w->Ecur, Acur,
                    q > 2 ? w->A + (Py_ssize_t)(q - 1) * (n + 1) : NULL, prev_hi, q - 1};
         L.tab = w->use_tab ? w->tab : NULL;
-        if (w->use_tab && q > 2) {
-            /* Knuth's sweep, from the right: opt_{q-1}(t) <= opt_q(t) <= opt_q(t + 1) (layer 2
-             * has no lower bound: divide and conquer over the table does fewer lookups) */
-            for (Py_ssize_t t = hi; t >= lo; t--) {
-                Py_ssize_t a = L.Aprev && t <= prev_hi && L.Aprev[t] > q - 1 ? L.Aprev[t] : q - 1;
-                Py_ssize_t b = t < hi && Acur[t + 1] < t - 1 ? Acur[t + 1] : t - 1;
-                Acur[t] = (int32_t)best_in_row(w->Eprev, w->tab + tab_at(t), a, b, w->Ecur + t);
-            }
-        } else if (lo <= hi) {
+        if (lo <= hi && w->use_tab)
+            sweep(&L, lo, hi, q - 1, hi - 1);
+        else if (lo <= hi)
             dc_split(&L, lo, hi, q - 1, hi - 1, dc_depth);
-        }
         double *tmp = w->Eprev;
         w->Eprev = w->Ecur;
         w->Ecur = tmp;
