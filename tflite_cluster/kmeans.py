@@ -88,7 +88,7 @@ INITS = ("linear", "kmeans++", "density", "random")
 ATOM_MIN = 1 << 14  # float rows longer than this may be certified instead (tolerance > 0)
 MAX_TOLERANCE = 1e-3  # the largest certified gap allowed (0.1 % of the optimal SSE)
 _ATOM_FIRST = 2048  # grid cells of the first (upper-bound) solve
-_ATOM_PAYS = 4  # atoms are used only when at most 1/_ATOM_PAYS of the row's length
+_ATOM_PAYS = 2  # atoms are used only when at most 1/_ATOM_PAYS of the row's length
 _ATOM_CELLS_MAX = 4  # ... and when the grid has at most this many cells per value
 _ATOM_ROUNDS = 4  # grids tried before a row is solved exactly
 _ATOM_SAMPLE = 1 << 15  # values of the sample that sizes the first grid
@@ -390,13 +390,14 @@ def _certified_row(x, K, tol, out):
         return None
     mu = float(x.mean())
 
-    def on_grid(v, cells):
-        """The atom solve of values ``v`` on ``cells`` cells: (its gap, and the pieces)."""
+    def on_grid(v, cells, most):
+        """The atom solve of values ``v`` on ``cells`` cells: (its gap, and the pieces); or
+        (None, None) when there are at most K atoms, or more than ``most``."""
         h = span / cells
         Wd, S1d, S2d, Dd = _grid(v, lo, h, mu, cells)
         nz = np.flatnonzero(Wd)
         W, S1, S2 = Wd[nz], S1d[nz], S2d[nz]
-        if len(nz) <= K:
+        if not K < len(nz) <= most:
             return None, None
         loc = _solve_exact(S1 / W, W, np.zeros(1, np.int64), np.array([len(W)]), K, False)[0]
         cw, c1, c2 = (np.add.reduceat(t, loc) for t in (W, S1, S2))
@@ -415,7 +416,7 @@ def _certified_row(x, K, tol, out):
     if step > 1:
         # the gap is about the same for a sample of the values (relative to its optimum), so
         # a coarse solve of a sample tells the grid to start the real solve with
-        gap, _ = on_grid(np.ascontiguousarray(x[::step]), cells)
+        gap, _ = on_grid(np.ascontiguousarray(x[::step]), cells, np.inf)
         if gap is None:
             return None
         if gap > tol:
@@ -423,8 +424,8 @@ def _certified_row(x, K, tol, out):
     for _ in range(_ATOM_ROUNDS):
         if cells > _ATOM_CELLS_MAX * n:
             return None
-        gap, got = on_grid(x, cells)
-        if gap is None or len(got[1]) * _ATOM_PAYS > n:
+        gap, got = on_grid(x, cells, n // _ATOM_PAYS)
+        if gap is None:
             return None
         if gap <= tol:
             break
