@@ -42,7 +42,8 @@ typedef struct {
     Py_ssize_t tn;            /* ... of n points */
     /* float problems whose weights are all 1 (distinct values) divide by t - s: rinv[j] is
      * 1 / (rn - j), so a cost multiplies by rinv[rn - t + s] instead (within an ulp of the
-     * division; a multiplication is far cheaper). NULL for other problems. */
+     * division; a multiplication is far cheaper). NULL for other problems. rbuf holds 4 zeros
+     * before rinv and 4 after (vector reads past either end). */
     double *rinv, *rbuf;
     Py_ssize_t rcap, rn;
     Py_ssize_t cap, acap, tcap;
@@ -166,17 +167,13 @@ typedef long long v4l __attribute__((vector_size(32)));
 
 enum { COST_FLOAT, COST_RINV, COST_INT, COST_TAB }; /* (COST_TAB: from the cost table) */
 
-/* the costs of segments (s, t_j] for the four end points of a vector (same arithmetic as
- * seg_cost); ``rv``: 1 / (t_j - s) for COST_RINV */
-static inline __attribute__((always_inline)) void cost4(int kind, const Work *w, Py_ssize_t s,
-                                                        v4d wt, v4d s1t, v4d s2t, v4d rv,
+/* four segment costs from their sums of w, w x, w x^2 (dW, d1, d2; rv = 1 / dW for COST_RINV),
+ * with the same arithmetic as seg_cost, in the same order (the build turns off contraction into
+ * fused multiply-adds), so the same values */
+static inline __attribute__((always_inline)) void vcost(int kind, v4d dW, v4d d1, v4d d2, v4d rv,
                                                         v4d *out)
 {
     const v4d two = {2, 2, 2, 2}, one = {1, 1, 1, 1}, big = {0x1p52, 0x1p52, 0x1p52, 0x1p52};
-    const v4d ws = {w->W[s], w->W[s], w->W[s], w->W[s]};
-    const v4d as = {w->S1[s], w->S1[s], w->S1[s], w->S1[s]};
-    const v4d bs = {w->S2[s], w->S2[s], w->S2[s], w->S2[s]};
-    v4d dW = wt - ws, d1 = s1t - as, d2 = s2t - bs;
     if (kind == COST_INT) {
         v4d x = (two * d1 + dW) / (two * dW);
         v4d r = (x + big) - big;
@@ -187,6 +184,17 @@ static inline __attribute__((always_inline)) void cost4(int kind, const Work *w,
     } else {
         *out = d2 - d1 * d1 / dW;
     }
+}
+
+/* the costs of segments (s, t_j] for the four end points of a vector (sums wt, s1t, s2t) */
+static inline __attribute__((always_inline)) void cost4(int kind, const Work *w, Py_ssize_t s,
+                                                        v4d wt, v4d s1t, v4d s2t, v4d rv,
+                                                        v4d *out)
+{
+    const v4d ws = {w->W[s], w->W[s], w->W[s], w->W[s]};
+    const v4d as = {w->S1[s], w->S1[s], w->S1[s], w->S1[s]};
+    const v4d bs = {w->S2[s], w->S2[s], w->S2[s], w->S2[s]};
+    vcost(kind, wt - ws, s1t - as, s2t - bs, rv, out);
 }
 
 /* the cost of segment (s, t] as cost4 computes it (and as seg_cost does, but for COST_RINV) */
@@ -228,8 +236,8 @@ static inline __attribute__((always_inline)) void fill_kind(int kind, Work *w, P
             memcpy(&s1t, S1 + t, sizeof s1t);
             memcpy(&s2t, S2 + t, sizeof s2t);
             if (kind == COST_RINV) {
-                const double *r = w->rinv + w->rn + s - t;
-                rv = (v4d){r[0], r[-1], r[-2], r[-3]};
+                memcpy(&rv, w->rinv + w->rn + s - t - 3, sizeof rv);
+                rv = __builtin_shuffle(rv, (v4l){3, 2, 1, 0});
             }
             cost4(kind, w, s, wt, s1t, s2t, rv, &v);
             memcpy(col + t, &v, sizeof v);
@@ -252,42 +260,29 @@ static void fill_table(Work *w, Py_ssize_t n)
 }
 
 /* leftmost argmin over s in [lo, hi] of E[s] + cost(s, t), four candidates at a time, the costs
- * computed from the problem's prefix sums (the same arithmetic as cost1, in the same order, so
- * the same values: the build turns off contraction into fused multiply-adds) */
-SCAN_CLONES
-static Py_ssize_t scan(const double *E, const Work *w, Py_ssize_t t, Py_ssize_t lo,
-                       Py_ssize_t hi, double *best_out)
+ * computed from the problem's prefix sums (the same values as cost1) */
+static inline __attribute__((always_inline)) Py_ssize_t scan_kind(int kind, const double *E,
+                                                                  const Work *w, Py_ssize_t t,
+                                                                  Py_ssize_t lo, Py_ssize_t hi,
+                                                                  double *best_out)
 {
     const double *W = w->W, *S1 = w->S1, *S2 = w->S2;
-    const double *R = w->rinv ? w->rinv + (w->rn - t) : NULL;
-    int integer = w->integer;
-    double Wt = W[t], S1t = S1[t], S2t = S2[t];
+    const double *R = kind == COST_RINV ? w->rinv + (w->rn - t) : NULL;
     double best = INFINITY;
     Py_ssize_t bs = lo, s = lo;
     v4d bv = {INFINITY, INFINITY, INFINITY, INFINITY};
     v4l bi = {lo, lo, lo, lo}, idx = {lo, lo + 1, lo + 2, lo + 3};
     const v4l four = {4, 4, 4, 4};
-    const v4d two = {2, 2, 2, 2}, one = {1, 1, 1, 1}, big = {0x1p52, 0x1p52, 0x1p52, 0x1p52};
-    const v4d wt = {Wt, Wt, Wt, Wt}, s1t = {S1t, S1t, S1t, S1t}, s2t = {S2t, S2t, S2t, S2t};
+    const v4d wt = {W[t], W[t], W[t], W[t]}, s1t = {S1[t], S1[t], S1[t], S1[t]};
+    const v4d s2t = {S2[t], S2[t], S2[t], S2[t]};
     for (; s + 3 <= hi; s += 4) {
-        v4d e, v, ws, a, b;
+        v4d e, v, ws, a, b, rv = {0, 0, 0, 0};
         memcpy(&e, E + s, sizeof e);
         memcpy(&ws, W + s, sizeof ws);
         memcpy(&a, S1 + s, sizeof a);
         memcpy(&b, S2 + s, sizeof b);
-        v4d dW = wt - ws, d1 = s1t - a, d2 = s2t - b;
-        if (integer) {
-            v4d x = (two * d1 + dW) / (two * dW);
-            v4d r = (x + big) - big;
-            r -= (v4d)((v4l)one & (r > x));
-            v = d2 - r * (two * d1 - r * dW);
-        } else if (R) {
-            v4d r;
-            memcpy(&r, R + s, sizeof r);
-            v = d2 - d1 * d1 * r;
-        } else {
-            v = d2 - d1 * d1 / dW;
-        }
+        if (kind == COST_RINV) memcpy(&rv, R + s, sizeof rv);
+        vcost(kind, wt - ws, s1t - a, s2t - b, rv, &v);
         v = e + v;
         v4l m = v < bv;
         bv = (v4d)(((v4l)v & m) | ((v4l)bv & ~m));
@@ -300,7 +295,6 @@ static Py_ssize_t scan(const double *E, const Work *w, Py_ssize_t t, Py_ssize_t 
             bs = (Py_ssize_t)bi[j];
         }
     }
-    int kind = cost_kind(w);
     for (; s <= hi; s++) {
         double v = E[s] + cost1(kind, w, s, t);
         if (v < best) {
@@ -310,6 +304,16 @@ static Py_ssize_t scan(const double *E, const Work *w, Py_ssize_t t, Py_ssize_t 
     }
     *best_out = best;
     return bs;
+}
+
+SCAN_CLONES
+static Py_ssize_t scan(const double *E, const Work *w, Py_ssize_t t, Py_ssize_t lo,
+                       Py_ssize_t hi, double *best_out)
+{
+    int kind = cost_kind(w);
+    if (kind == COST_INT) return scan_kind(COST_INT, E, w, t, lo, hi, best_out);
+    if (kind == COST_RINV) return scan_kind(COST_RINV, E, w, t, lo, hi, best_out);
+    return scan_kind(COST_FLOAT, E, w, t, lo, hi, best_out);
 }
 
 #define SCAN_MIN 7 /* candidate ranges at least this wide go to scan() */
@@ -370,9 +374,10 @@ static inline __attribute__((always_inline)) void leaf4(int kind, const Work *w,
         for (int u = 0; u < 2; u++) {
             Py_ssize_t c = s + u <= hi ? s + u : s; /* odd count: the last one twice */
             v4d rv = {0, 0, 0, 0};
-            if (kind == COST_RINV) {
-                const double *r = R + c;
-                rv = (v4d){r[-tv[0]], r[-tv[1]], r[-tv[2]], r[-tv[3]]};
+            if (kind == COST_RINV) { /* 1 / (t0 + j - c), reversed from memory (lanes past
+                                       * the block's end: not used) */
+                memcpy(&rv, R + c - tv[0] - 3, sizeof rv);
+                rv = __builtin_shuffle(rv, (v4l){3, 2, 1, 0});
             }
             const v4l sv = {c, c, c, c};
             const v4d es = {E[c], E[c], E[c], E[c]};
@@ -636,14 +641,15 @@ static void solve_one(Work *w, const double *vals, const double *wts, Py_ssize_t
     prefix(w, vals, wts, n, 1);
     w->rinv = NULL;
     if (!w->integer && w->W[n] == (double)n) { /* every weight 1: W[t] - W[s] = t - s */
-        if (n + 4 > w->rcap) {
-            void *p = realloc(w->rbuf, (n + 4) * sizeof(double));
-            if (p) { w->rbuf = p; w->rcap = n + 4; }
+        if (n + 8 > w->rcap) {
+            void *p = realloc(w->rbuf, (n + 8) * sizeof(double));
+            if (p) { w->rbuf = p; w->rcap = n + 8; }
         }
-        if (n + 4 <= w->rcap) {
-            for (Py_ssize_t j = 0; j < n; j++) w->rbuf[j] = 1.0 / (double)(n - j);
-            for (Py_ssize_t j = n; j < n + 4; j++) w->rbuf[j] = 0;
-            w->rinv = w->rbuf;
+        if (n + 8 <= w->rcap) {
+            w->rinv = w->rbuf + 4;
+            for (Py_ssize_t j = -4; j < 0; j++) w->rinv[j] = 0;
+            for (Py_ssize_t j = 0; j < n; j++) w->rinv[j] = 1.0 / (double)(n - j);
+            for (Py_ssize_t j = n; j < n + 4; j++) w->rinv[j] = 0;
             w->rn = n;
         }
     }
