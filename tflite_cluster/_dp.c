@@ -354,38 +354,49 @@ static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssiz
 #define LEAF 32        /* divide and conquer nodes of at most this many end points ... */
 #define LEAF_WIDTH 128 /* ... and candidates this wide go to sweep() */
 
-/* best of E[s] + cost over s in [lo, hi] for four end points t_j = tv (leftmost on ties; a lane
- * skips s >= t_j), two candidates per step in two accumulators */
+/* best of E[s] + cost over s in [lo, hi] for the four end points t0 .. t0 + 3 (leftmost on ties;
+ * a lane skips s >= its t), two candidates per step in two accumulators. Lanes past ``last``
+ * (the block's last end point) compute with t0's sums and are not used; COST_TAB reads their
+ * table entries too (whatever follows in memory). */
 static inline __attribute__((always_inline)) void leaf4(int kind, const Work *w, const double *E,
-                                                        Py_ssize_t lo, Py_ssize_t hi, v4l tv,
+                                                        Py_ssize_t lo, Py_ssize_t hi,
+                                                        Py_ssize_t t0, Py_ssize_t last,
                                                         v4d *bv_out, v4l *bi_out)
 {
-    /* (COST_TAB reads end points tv[0] .. tv[0] + 3: the lanes past the block's end read
-     * whatever follows, and are not used) */
     const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};
-    const v4d wt = {w->W[tv[0]], w->W[tv[1]], w->W[tv[2]], w->W[tv[3]]};
-    const v4d s1t = {w->S1[tv[0]], w->S1[tv[1]], w->S1[tv[2]], w->S1[tv[3]]};
-    const v4d s2t = {w->S2[tv[0]], w->S2[tv[1]], w->S2[tv[2]], w->S2[tv[3]]};
-    const double *R = kind == COST_RINV ? w->rinv + w->rn : NULL;
+    const v4l tv = {t0, t0 + 1, t0 + 2, t0 + 3};
+    v4d wt, s1t, s2t;
+    if (kind == COST_TAB) {
+        wt = s1t = s2t = inf; /* (unused) */
+    } else if (t0 + 3 <= last) {
+        memcpy(&wt, w->W + t0, sizeof wt);
+        memcpy(&s1t, w->S1 + t0, sizeof s1t);
+        memcpy(&s2t, w->S2 + t0, sizeof s2t);
+    } else {
+        for (int j = 0; j < 4; j++) {
+            Py_ssize_t t = t0 + j <= last ? t0 + j : t0;
+            wt[j] = w->W[t];
+            s1t[j] = w->S1[t];
+            s2t[j] = w->S2[t];
+        }
+    }
     const v4l l4 = {lo, lo, lo, lo};
     v4d bv[2] = {inf, inf};
     v4l bi[2] = {l4, l4};
     for (Py_ssize_t s = lo; s <= hi; s += 2) {
         for (int u = 0; u < 2; u++) {
             Py_ssize_t c = s + u <= hi ? s + u : s; /* odd count: the last one twice */
-            v4d rv = {0, 0, 0, 0};
-            if (kind == COST_RINV) { /* 1 / (t0 + j - c), reversed from memory (lanes past
-                                       * the block's end: not used) */
-                memcpy(&rv, R + c - tv[0] - 3, sizeof rv);
+            v4d rv = {0, 0, 0, 0}, v;
+            if (kind == COST_RINV) { /* 1 / (t0 + j - c), reversed from memory */
+                memcpy(&rv, w->rinv + w->rn + c - t0 - 3, sizeof rv);
                 rv = __builtin_shuffle(rv, (v4l){3, 2, 1, 0});
             }
-            const v4l sv = {c, c, c, c};
-            const v4d es = {E[c], E[c], E[c], E[c]};
-            v4d v;
             if (kind == COST_TAB)
-                memcpy(&v, w->tab + tab_col(w->tn, c) + tv[0], sizeof v);
+                memcpy(&v, w->tab + tab_col(w->tn, c) + t0, sizeof v);
             else
                 cost4(kind, w, c, wt, s1t, s2t, rv, &v);
+            const v4l sv = {c, c, c, c};
+            const v4d es = {E[c], E[c], E[c], E[c]};
             v = es + v;
             v4l ok = sv < tv;
             v = (v4d)(((v4l)v & ok) | ((v4l)inf & ~ok));
@@ -400,43 +411,52 @@ static inline __attribute__((always_inline)) void leaf4(int kind, const Work *w,
     *bi_out = (bi[1] & m) | (bi[0] & ~m);
 }
 
-/* Knuth's sweep over the end points t in [tl, tr], whose optimal s lie in [sl, sr], four end
- * points at a time (one per vector lane), from the right: a group's candidates run from the
- * Knuth bound opt_{q-1}(t0) of its first end point to the optimum of the group on its right
- * (opt_q is monotone), and every lane takes every candidate of that common range, so there are
- * no data-dependent branches but the range's ends. Candidates outside a lane's own window are
- * never its leftmost optimum. The costs come from the cost table when the problem has one
- * (then a whole layer is one sweep), else are computed (the bottom of the divide and conquer);
- * the same values either way. */
-SCAN_CLONES
-static void sweep(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
+static inline __attribute__((always_inline)) void sweep_kind(int kind, const Layer *L,
+                                                             Py_ssize_t tl, Py_ssize_t tr,
+                                                             Py_ssize_t sl, Py_ssize_t sr)
 {
-    const Work *w = L->w;
-    int kind = L->tab ? COST_TAB : cost_kind(w);
     Py_ssize_t lo0 = sl > L->smin ? sl : L->smin;
     Py_ssize_t up = sr; /* the optimum of the group to the right: a bound for every t left of it */
     for (Py_ssize_t t0 = tl + ((tr - tl) & ~(Py_ssize_t)3); t0 >= tl; t0 -= 4) {
         Py_ssize_t lo = lo0;
         if (L->Aprev && t0 <= L->prev_hi && L->Aprev[t0] > lo) lo = L->Aprev[t0];
         Py_ssize_t hi = up < t0 + 2 ? up : t0 + 2; /* (t0 + 2: the last lane's t - 1) */
-        v4l tv;
-        for (int j = 0; j < 4; j++) tv[j] = t0 + j <= tr ? t0 + j : t0; /* past tr: copies */
         v4d bv;
         v4l bi;
-        if (kind == COST_TAB)
-            leaf4(COST_TAB, w, L->Eprev, lo, hi, tv, &bv, &bi);
-        else if (kind == COST_INT)
-            leaf4(COST_INT, w, L->Eprev, lo, hi, tv, &bv, &bi);
-        else if (kind == COST_RINV)
-            leaf4(COST_RINV, w, L->Eprev, lo, hi, tv, &bv, &bi);
-        else
-            leaf4(COST_FLOAT, w, L->Eprev, lo, hi, tv, &bv, &bi);
-        for (int j = 0; j < 4 && t0 + j <= tr; j++) {
-            L->Ecur[t0 + j] = bv[j];
-            L->Acur[t0 + j] = (int32_t)bi[j];
+        leaf4(kind, L->w, L->Eprev, lo, hi, t0, tr, &bv, &bi);
+        if (t0 + 3 <= tr) {
+            memcpy(L->Ecur + t0, &bv, sizeof bv);
+            for (int j = 0; j < 4; j++) L->Acur[t0 + j] = (int32_t)bi[j];
+        } else {
+            for (int j = 0; t0 + j <= tr; j++) {
+                L->Ecur[t0 + j] = bv[j];
+                L->Acur[t0 + j] = (int32_t)bi[j];
+            }
         }
         up = bi[0];
     }
+}
+
+/* Knuth's sweep over the end points t in [tl, tr], whose optimal s lie in [sl, sr], four end
+ * points at a time (one per vector lane), from the right: a group's candidates run from the
+ * Knuth bound opt_{q-1}(t0) of its first end point to the optimum of the group on its right
+ * (opt_q is monotone), and every lane takes every candidate of that common range, so there are
+ * no data-dependent branches but the range's ends. Candidates outside a lane's own window are
+ * (in exact arithmetic) never its leftmost optimum. The costs come from the cost table when the
+ * problem has one (then a whole layer is one sweep), else are computed (the bottom of the
+ * divide and conquer); the same values either way. */
+SCAN_CLONES
+static void sweep(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
+{
+    int kind = L->tab ? COST_TAB : cost_kind(L->w);
+    if (kind == COST_TAB)
+        sweep_kind(COST_TAB, L, tl, tr, sl, sr);
+    else if (kind == COST_INT)
+        sweep_kind(COST_INT, L, tl, tr, sl, sr);
+    else if (kind == COST_RINV)
+        sweep_kind(COST_RINV, L, tl, tr, sl, sr);
+    else
+        sweep_kind(COST_FLOAT, L, tl, tr, sl, sr);
 }
 
 static void dc(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
