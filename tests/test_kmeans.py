@@ -102,6 +102,38 @@ def test_optimal_matches_plain_dp_on_larger_rows(kernel, integer):
                 assert got[r] == pytest.approx(ref, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.skipif(km._dp is None, reason="compiled kernel not built")
+@pytest.mark.parametrize("integer", [False, True])
+def test_compiled_paths_match_plain_dp_at_their_boundaries(integer):
+    """Rows on both sides of the compiled kernel's limits: the cost table (n <= 256 distinct
+    values and n <= 24 k; whole layers swept four end points at a time), and divide and conquer
+    with its bottom sweeps (nodes of <= 32 end points); unit weights (distinct floats, the
+    reciprocal path), weighted floats (ties) and integer codes. Integer costs are exact, so the
+    optimum must be equal; float ones within rounding."""
+    rng = np.random.default_rng(21 + integer)
+    for n, k in [(255, 16), (256, 16), (257, 16), (240, 10), (241, 10), (96, 4), (97, 4),
+                 (40, 2), (300, 2), (520, 31), (700, 5)]:
+        rows = []
+        for _ in range(4):
+            if integer:  # n distinct codes, about as dense as an int8 row's, Laplace counts
+                codes = np.sort(rng.choice(np.arange(-n, n), size=n, replace=False))
+                counts = 1 + rng.poisson(30 * np.exp(-np.abs(codes) / (n / 4)))
+                rows.append(np.repeat(codes, counts).astype(np.int16))
+            else:
+                x = rng.laplace(size=n) * rng.uniform(0.01, 10)
+                rows.append(x)
+                rows.append(np.repeat(x[: n // 2], rng.integers(1, 4, size=n // 2)))  # ties
+        for r in rows:
+            a = r[None, :]
+            assert len(np.unique(a)) > k
+            got = km.sse(a, km.snap_rows(a, k, integer=integer))[0]
+            ref = km.plain_dp_sse(r, k, integer)
+            if integer:
+                assert got == ref, (n, k)
+            else:
+                assert got == pytest.approx(ref, rel=1e-9), (n, k)
+
+
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.integers(-20, 20), min_size=1, max_size=9), st.integers(1, 5), st.booleans(),
        st.booleans())
