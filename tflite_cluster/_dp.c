@@ -535,7 +535,10 @@ static void layers(Work *w, Py_ssize_t n, int Q, int full, double *keep)
     /* layer 1 */
     Py_ssize_t hi1 = full ? n : n - Q + 1;
     for (Py_ssize_t t = 0; t <= n; t++) w->Eprev[t] = INFINITY;
-    for (Py_ssize_t t = 1; t <= hi1; t++) w->Eprev[t] = seg_cost(w, 0, t);
+    if (w->use_tab) /* (column 0 of the table) */
+        memcpy(w->Eprev + 1, w->tab + tab_col(n, 0) + 1, hi1 * sizeof(double));
+    else
+        for (Py_ssize_t t = 1; t <= hi1; t++) w->Eprev[t] = seg_cost(w, 0, t);
     if (keep) memcpy(keep + (n + 1), w->Eprev, (n + 1) * sizeof(double));
     Py_ssize_t prev_hi = hi1;
     for (int q = 2; q <= Q; q++) {
@@ -677,16 +680,8 @@ static void solve_one(Work *w, const double *vals, const double *wts, Py_ssize_t
     if (w->use_tab) fill_table(w, n);
     layers(w, n, K - 1, 0, NULL);
     w->use_tab = 0;
-    /* last layer: only t = n */
-    double best = INFINITY;
-    Py_ssize_t bs = K - 1;
-    for (Py_ssize_t s = K - 1; s <= n - 1; s++) {
-        double v = w->Eprev[s] + seg_cost(w, s, n);
-        if (v < best) {
-            best = v;
-            bs = s;
-        }
-    }
+    double best; /* last layer: only t = n */
+    Py_ssize_t bs = scan(w->Eprev, w, n, K - 1, n - 1, &best);
     out[K - 1] = bs;
     backtrack(w, n, K - 1, bs, out);
 }
