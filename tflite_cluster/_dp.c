@@ -770,9 +770,11 @@ static PyObject *py_int_rows(PyObject *self, PyObject *args)
     w.integer = 1;
     Py_ssize_t cap = N < span ? N : span; /* distinct codes of a row, at most */
     RowBufs rb;
-    int bad = rowbufs_get(&rb, cap, K) < 0;
+    int bad = rowbufs_get(&rb, cap + 1, K) < 0; /* (+1: the compaction writes one past) */
     double *vals = rb.vals, *wts = rb.wts, *c = rb.c, *l = rb.l;
-    int64_t *st = rb.st, *hist = calloc(span, sizeof(int64_t));
+    /* two histograms, of the even and the odd values: repeated codes then make two chains of
+     * increments through memory, not one */
+    int64_t *st = rb.st, *hist = calloc(2 * span, sizeof(int64_t)), *hist2 = hist + span;
     int32_t *lut = malloc(span * sizeof(int32_t));
     bad = bad || !hist || !lut || work_reserve(&w, cap, K) < 0;
     Py_BEGIN_ALLOW_THREADS
@@ -780,19 +782,29 @@ static PyObject *py_int_rows(PyObject *self, PyObject *args)
         const int32_t *x = X + r * N;
         int32_t *o = O + r * N;
         Py_ssize_t a = span, b = 0; /* the row's smallest and largest code, less lo */
-        for (Py_ssize_t i = 0; i < N; i++) {
+        Py_ssize_t i = 0;
+        for (; i + 1 < N; i += 2) {
+            Py_ssize_t v = x[i] - lo, u = x[i + 1] - lo;
+            hist[v]++;
+            hist2[u]++;
+            a = v < a ? v : a;
+            b = v > b ? v : b;
+            a = u < a ? u : a;
+            b = u > b ? u : b;
+        }
+        if (i < N) {
             Py_ssize_t v = x[i] - lo;
             hist[v]++;
-            if (v < a) a = v;
-            if (v > b) b = v;
+            a = v < a ? v : a;
+            b = v > b ? v : b;
         }
         Py_ssize_t m = 0;
-        for (Py_ssize_t v = a; v <= b; v++) {
-            if (hist[v]) {
-                vals[m] = (double)(v + lo);
-                wts[m++] = (double)hist[v];
-                hist[v] = 0;
-            }
+        for (Py_ssize_t v = a; v <= b; v++) { /* (no branch: which codes occur is random) */
+            int64_t cnt = hist[v] + hist2[v];
+            vals[m] = (double)(v + lo); /* (written and kept when cnt > 0) */
+            wts[m] = (double)cnt;
+            m += cnt != 0;
+            hist[v] = hist2[v] = 0;
         }
         if (m <= K) {
             memcpy(o, x, N * sizeof(int32_t));
