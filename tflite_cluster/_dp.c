@@ -318,7 +318,8 @@ static Py_ssize_t scan(const double *E, const Work *w, Py_ssize_t t, Py_ssize_t 
 
 #define SCAN_MIN 7 /* candidate ranges at least this wide go to scan() */
 
-/* one node of the divide and conquer: E_q(mid) and its leftmost optimal s within [sl, sr] */
+/* one node of the divide and conquer: E_q(mid) and its leftmost optimal s within [sl, sr] (costs
+ * computed: problems with a cost table sweep whole layers instead) */
 static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssize_t sr)
 {
     Py_ssize_t lo = sl > L->smin ? sl : L->smin;
@@ -332,12 +333,6 @@ static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssiz
         double got;
         bs = scan(L->Eprev, w, mid, lo, hi, &got);
         best = got;
-    } else if (L->tab) {
-        for (Py_ssize_t s = lo; s <= hi; s++) {
-            double v = L->Eprev[s] + L->tab[tab_col(w->tn, s) + mid];
-            bs = v < best ? s : bs;
-            best = v < best ? v : best;
-        }
     } else {
         int kind = cost_kind(w);
         for (Py_ssize_t s = lo; s <= hi; s++) {

@@ -105,6 +105,7 @@ _HIST_SPAN = 1 << 10  # integer rows whose codes span at most this (or 4x the ro
 # clustered from per-row histograms by the compiled kernel
 _SORT_INT_MAX = 4096  # integer rows up to this long take the compiled kernel's sorted-row path
 _AHEAD_ELEMS = 40_000_000  # elements of the problems map_ahead keeps in flight at once
+_AHEAD_PER_CORE = 4  # items map_ahead queues per core
 _THREAD_MIN_WORK = 2e6  # estimated evaluations below which the compiled kernel runs on one thread
 _FLOAT_EXACT = float(1 << 52)  # integer sums below this are exact in float64
 
@@ -627,13 +628,13 @@ def _in_parts(work, run):
 def map_ahead(fn, items, sizes=None, budget=None):
     """Futures of ``fn(item)`` for every item, in order, computed up to one per available core
     at once on worker threads (the kernels release the GIL), so small problems that would each
-    run on one thread keep every core busy. Up to 4 items per core are queued ahead of the one
-    the caller waits for, so a core that finishes a small item goes on with the next while a
-    big one is still running. A new item is queued only while the items in flight have at most
-    ``budget`` elements in all (``sizes``: elements per item; default ``_AHEAD_ELEMS``), so
-    memory stays bounded. Each future is done when yielded;
-    ``result()`` returns the value or raises the item's own exception. One core (or one item):
-    plain calls, in order."""
+    run on one thread keep every core busy. Up to ``_AHEAD_PER_CORE`` items per core are queued
+    ahead of the one the caller waits for, so a core that finishes a small item goes on with
+    the next while a big one is still running. A new item is queued only while the items in
+    flight have at most ``budget`` elements in all (``sizes``: elements per item; default
+    ``_AHEAD_ELEMS``), so memory stays bounded. Each future is done when yielded; ``result()``
+    returns the value or raises the item's own exception. One core (or one item): plain calls,
+    in order."""
     from collections import deque
     from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -656,7 +657,7 @@ def map_ahead(fn, items, sizes=None, budget=None):
         held = nxt = 0
         for _ in items:
             while nxt < len(items) and (not pending or (
-                    len(pending) < 4 * nt and held + sizes[nxt] <= budget)):
+                    len(pending) < _AHEAD_PER_CORE * nt and held + sizes[nxt] <= budget)):
                 pending.append((ex.submit(fn, items[nxt]), sizes[nxt]))
                 held += sizes[nxt]
                 nxt += 1
