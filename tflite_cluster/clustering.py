@@ -199,10 +199,7 @@ def _cluster_tensor(stored, w: tfl.WeightTensor, s: Settings, config: ClusterCon
             raise UnsupportedModelError(w.name, "no single output-channel axis (used by ops with "
                                                 "different layouts); use granularity tensor")
     rows = make_rows(stored.shape, granularity, axis, s.group_size or config.group_size)
-    if w.dtype == "float32" and space == Space.FLOAT:
-        values = stored  # (the kernels take float32 rows as they are: no float64 copy)
-    else:
-        values = to_space(stored, w.dtype, w.quantization, space)
+    values = to_space(stored, w.dtype, w.quantization, space)
     gap = 0.0
     blocks = []
     for block in rows.split(values):

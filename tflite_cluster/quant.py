@@ -107,9 +107,13 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def to_space(stored: np.ndarray, dtype: str, quant, space: Space) -> np.ndarray:
-    """Values to cluster: integer codes (int64) in int8 space, float64 in float space."""
+    """Values to cluster: integer codes (int64) in int8 space; in float space the real values,
+    float32 weights as they are (the kernels take float32 rows, and every float32 is exact in
+    float64: no copy) and the others as float64."""
     if space == Space.INT8:
         return stored.astype(np.int64)
+    if dtype == "float32":
+        return stored
     return real_values(stored, dtype, quant)
 
 
