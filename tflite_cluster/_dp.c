@@ -21,12 +21,13 @@
  * optimal s, opt_q(t), is monotone in t, and opt_{q-1}(t) <= opt_q(t) (Knuth's bound). Big
  * layers run the divide and conquer optimisation down to nodes of a few dozen end points, which
  * sweep() finishes four end points per vector; small problems sweep whole layers over a table of
- * their costs. cost(s, t) comes from prefix sums of w, w x, w x^2. Integer problems sum codes
+ * their costs, eight end points per step (sweep_tab). cost(s, t) comes from prefix sums of w, w x, w x^2. Integer problems sum codes
  * shifted to start at 0, exactly (the caller keeps the sums below 2**52), so their costs are
  * exact; float problems are centred on their weighted mean. The GIL is released while solving.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <limits.h>
 #include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -34,16 +35,16 @@
 
 typedef struct {
     int integer;
+    double vmax;              /* integer problems: the largest point (the smallest is 0) */
     double *W, *S1, *S2;      /* prefix sums of w, w x, w x^2 (n + 1) */
     double *Eprev, *Ecur;     /* layer values (n + 1) */
     int32_t *A;               /* optimal last-cluster start per layer >= 2 and t: K x (n + 1) */
-    double *tab;              /* small problems: every cost(s, t), s < t, at tab[tab_col(n, s) + t] */
+    double *tab;              /* small problems: every cost(s, t), s < t, at tab[tab_at(s, t)] */
     int use_tab;              /* tab holds the current problem's costs */
-    Py_ssize_t tn;            /* ... of n points */
     /* float problems whose weights are all 1 (distinct values) divide by t - s: rinv[j] is
      * 1 / (rn - j), so a cost multiplies by rinv[rn - t + s] instead (within an ulp of the
-     * division; a multiplication is far cheaper). NULL for other problems. rbuf holds 4 zeros
-     * before rinv and 4 after (vector reads past either end). */
+     * division; a multiplication is far cheaper). NULL for other problems. rbuf holds 8 zeros
+     * before rinv and 8 after (vector reads past either end: up to 7 in a table block). */
     double *rinv, *rbuf;
     Py_ssize_t rcap, rn;
     Py_ssize_t cap, acap, tcap;
@@ -93,14 +94,20 @@ static int work_reserve(Work *w, Py_ssize_t n, int K)
     return 0;
 }
 
-/* A cost table is stored by columns: column s holds cost(s, t) for t = s + 1 .. n, at
- * tab[tab_col(n, s) + t], so the costs of consecutive end points are contiguous. */
-static inline Py_ssize_t tab_col(Py_ssize_t n, Py_ssize_t s) { return s * n - s * (s + 1) / 2 - 1; }
+/* A cost table is stored by blocks of four end points: block g (t = 4g .. 4g + 3) holds, for
+ * every start s = 0 .. 4g + 2, the four costs cost(s, t) side by side (one vector) at
+ * tab_at(s, t), so a sweep reads a block's candidates from consecutive memory. Entries with
+ * t <= s (no segment) or t > n are +inf. */
+static inline Py_ssize_t tab_blk(Py_ssize_t g) { return 8 * g * g + 4 * g; }
+static inline Py_ssize_t tab_at(Py_ssize_t s, Py_ssize_t t)
+{
+    return tab_blk(t >> 2) + 4 * s + (t & 3);
+}
 
 /* room for the cost table of a problem of n points (0), or -1 (then no table is used) */
 static int tab_reserve(Work *w, Py_ssize_t n)
 {
-    Py_ssize_t need = n * (n + 1) / 2 + 4; /* (+4: a vector read past the last column) */
+    Py_ssize_t need = tab_blk((n >> 2) + 1); /* (blocks 0 .. n / 4) */
     if (need > w->tcap) {
         void *p = realloc(w->tab, need * sizeof(double));
         if (!p) return -1;
@@ -128,6 +135,7 @@ static void prefix(Work *w, const double *x, const double *wt, Py_ssize_t n, int
             w->S1[i + 1] = w->S1[i] + c * v;
             w->S2[i + 1] = w->S2[i] + c * v * v;
         }
+        w->vmax = n ? sign * x[sign * (n - 1)] - lo : 0;
         return;
     }
     double tw = 0, ts = 0;
@@ -164,8 +172,11 @@ typedef struct {
 
 typedef double v4d __attribute__((vector_size(32)));
 typedef long long v4l __attribute__((vector_size(32)));
+typedef int v4i __attribute__((vector_size(16)));
 
-enum { COST_FLOAT, COST_RINV, COST_INT, COST_TAB }; /* (COST_TAB: from the cost table) */
+/* (COST_INTU: COST_INT for points 0 .. vmax < 2**30 whose d1 holds the sums of 2 w x + w, as
+ * fill_table() gives them) */
+enum { COST_FLOAT, COST_RINV, COST_INT, COST_INTU };
 
 /* four segment costs from their sums of w, w x, w x^2 (dW, d1, d2; rv = 1 / dW for COST_RINV),
  * with the same arithmetic as seg_cost, in the same order (the build turns off contraction into
@@ -174,7 +185,12 @@ static inline __attribute__((always_inline)) void vcost(int kind, v4d dW, v4d d1
                                                         v4d *out)
 {
     const v4d two = {2, 2, 2, 2}, one = {1, 1, 1, 1}, big = {0x1p52, 0x1p52, 0x1p52, 0x1p52};
-    if (kind == COST_INT) {
+    if (kind == COST_INTU) {
+        /* the same integers as COST_INT with fewer operations: (2 S1 + W) / (2 W) is positive
+         * and below 2**30 + 1, so truncated to int32 it is floored */
+        v4d r = __builtin_convertvector(__builtin_convertvector(d1 / (dW + dW), v4i), v4d);
+        *out = d2 - r * ((d1 - dW) - r * dW);
+    } else if (kind == COST_INT) {
         v4d x = (two * d1 + dW) / (two * dW);
         v4d r = (x + big) - big;
         r -= (v4d)((v4l)one & (r > x));
@@ -212,37 +228,53 @@ static inline int cost_kind(const Work *w)
     return w->integer ? COST_INT : w->rinv ? COST_RINV : COST_FLOAT;
 }
 
-/* Small problems (n <= TAB_MAX, and n <= TAB_PER_K * K) keep every cost(s, t) in a table, by
- * columns, filled four end points at a time; each layer is then one sweep() that loads four end
- * points' costs in one read instead of computing each with a division (O(n^2) evaluations in
- * all, four per vector operation). The table holds exactly the computed costs (same
- * arithmetic, no contraction; the integer centroid floor((2 S1 + W) / (2 W)) is taken by adding
- * and taking away 2**52, then stepping down where that rounded up: the same integer), so the
- * optimum and its ties are the same as without it. On MobileNetV2's int8 rows (about 80 codes
- * each) this is 1.5x faster than the scalar sweep it replaced, which was 1.5-1.8x faster than
- * divide and conquer; past about 300 values the n^2 table costs more than it saves. */
+/* Small problems (n <= TAB_MAX, and n <= TAB_PER_K * K) keep every cost(s, t) in a table (see
+ * tab_at), filled a block of four end points at a time; each layer is then one sweep_tab() that
+ * loads four end points' costs in one read instead of computing each with a division (O(n^2)
+ * evaluations in all, four per vector operation). The table holds exactly the computed costs
+ * (same arithmetic, no contraction; the integer centroid floor((2 S1 + W) / (2 W)) is the same
+ * integer whichever way it is taken), so the optimum and its ties are the same as without it.
+ * On MobileNetV2's int8 rows (about 80 codes each) the table and its sweep take 0.66x the time
+ * of the column-major table with four-lane sweeps they replaced, which was 1.5x faster than the
+ * scalar sweep before it; past about 300 values the n^2 table costs more than it saves. */
 #define TAB_MAX 256
 #define TAB_PER_K 24
 
 static inline __attribute__((always_inline)) void fill_kind(int kind, Work *w, Py_ssize_t n)
 {
-    const double *W = w->W, *S1 = w->S1, *S2 = w->S2;
-    for (Py_ssize_t s = 0; s < n; s++) {
-        double *col = w->tab + tab_col(n, s);
-        Py_ssize_t t = s + 1;
-        for (; t + 3 <= n; t += 4) {
-            v4d wt, s1t, s2t, rv = {0, 0, 0, 0}, v;
-            memcpy(&wt, W + t, sizeof wt);
-            memcpy(&s1t, S1 + t, sizeof s1t);
-            memcpy(&s2t, S2 + t, sizeof s2t);
-            if (kind == COST_RINV) {
-                memcpy(&rv, w->rinv + w->rn + s - t - 3, sizeof rv);
+    const double *W = w->W, *P1 = w->S1, *S2 = w->S2;
+    const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};
+    if (kind == COST_INTU) { /* 2 S1 + W, in Ecur (unused until layers()) */
+        for (Py_ssize_t i = 0; i <= n; i++) w->Ecur[i] = 2 * w->S1[i] + W[i];
+        P1 = w->Ecur;
+    }
+    for (Py_ssize_t t0 = 0; t0 <= n; t0 += 4) {
+        const v4l tv = {t0, t0 + 1, t0 + 2, t0 + 3};
+        v4d wt, pt, s2t;
+        for (int j = 0; j < 4; j++) {
+            Py_ssize_t t = t0 + j <= n ? t0 + j : n;
+            wt[j] = W[t];
+            pt[j] = P1[t];
+            s2t[j] = S2[t];
+        }
+        double *blk = w->tab + tab_blk(t0 >> 2);
+        Py_ssize_t whole = t0 + 3 <= n ? t0 : 0; /* starts below this: every lane a segment */
+        for (Py_ssize_t s = 0; s <= t0 + 2; s++) {
+            const v4d ws = {W[s], W[s], W[s], W[s]}, ps = {P1[s], P1[s], P1[s], P1[s]};
+            const v4d bs = {S2[s], S2[s], S2[s], S2[s]};
+            v4d rv = {0, 0, 0, 0}, v;
+            if (kind == COST_RINV) { /* 1 / (t0 + j - s), reversed from memory */
+                memcpy(&rv, w->rinv + w->rn + s - t0 - 3, sizeof rv);
                 rv = __builtin_shuffle(rv, (v4l){3, 2, 1, 0});
             }
-            cost4(kind, w, s, wt, s1t, s2t, rv, &v);
-            memcpy(col + t, &v, sizeof v);
+            vcost(kind, wt - ws, pt - ps, s2t - bs, rv, &v);
+            if (s >= whole) {
+                const v4l sv = {s, s, s, s}, nv = {n, n, n, n};
+                v4l ok = (sv < tv) & (tv <= nv);
+                v = (v4d)(((v4l)v & ok) | ((v4l)inf & ~ok));
+            }
+            memcpy(blk + 4 * s, &v, sizeof v);
         }
-        for (; t <= n; t++) col[t] = cost1(kind, w, s, t);
     }
 }
 
@@ -250,13 +282,14 @@ SCAN_CLONES
 static void fill_table(Work *w, Py_ssize_t n)
 {
     int kind = cost_kind(w);
-    if (kind == COST_INT)
+    if (kind == COST_INT && w->vmax < 0x1p30)
+        fill_kind(COST_INTU, w, n);
+    else if (kind == COST_INT)
         fill_kind(COST_INT, w, n);
     else if (kind == COST_RINV)
         fill_kind(COST_RINV, w, n);
     else
         fill_kind(COST_FLOAT, w, n);
-    w->tn = n;
 }
 
 /* leftmost argmin over s in [lo, hi] of E[s] + cost(s, t), four candidates at a time, the costs
@@ -351,8 +384,7 @@ static Py_ssize_t dc_eval(const Layer *L, Py_ssize_t mid, Py_ssize_t sl, Py_ssiz
 
 /* best of E[s] + cost over s in [lo, hi] for the four end points t0 .. t0 + 3 (leftmost on ties;
  * a lane skips s >= its t), two candidates per step in two accumulators. Lanes past ``last``
- * (the block's last end point) compute with t0's sums and are not used; COST_TAB reads their
- * table entries too (whatever follows in memory). */
+ * (the block's last end point) compute with t0's sums and are not used. */
 static inline __attribute__((always_inline)) void leaf4(int kind, const Work *w, const double *E,
                                                         Py_ssize_t lo, Py_ssize_t hi,
                                                         Py_ssize_t t0, Py_ssize_t last,
@@ -361,9 +393,7 @@ static inline __attribute__((always_inline)) void leaf4(int kind, const Work *w,
     const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};
     const v4l tv = {t0, t0 + 1, t0 + 2, t0 + 3};
     v4d wt, s1t, s2t;
-    if (kind == COST_TAB) {
-        wt = s1t = s2t = inf; /* (unused) */
-    } else if (t0 + 3 <= last) {
+    if (t0 + 3 <= last) {
         memcpy(&wt, w->W + t0, sizeof wt);
         memcpy(&s1t, w->S1 + t0, sizeof s1t);
         memcpy(&s2t, w->S2 + t0, sizeof s2t);
@@ -386,10 +416,7 @@ static inline __attribute__((always_inline)) void leaf4(int kind, const Work *w,
                 memcpy(&rv, w->rinv + w->rn + c - t0 - 3, sizeof rv);
                 rv = __builtin_shuffle(rv, (v4l){3, 2, 1, 0});
             }
-            if (kind == COST_TAB)
-                memcpy(&v, w->tab + tab_col(w->tn, c) + t0, sizeof v);
-            else
-                cost4(kind, w, c, wt, s1t, s2t, rv, &v);
+            cost4(kind, w, c, wt, s1t, s2t, rv, &v);
             const v4l sv = {c, c, c, c};
             const v4d es = {E[c], E[c], E[c], E[c]};
             v = es + v;
@@ -437,21 +464,78 @@ static inline __attribute__((always_inline)) void sweep_kind(int kind, const Lay
  * Knuth bound opt_{q-1}(t0) of its first end point to the optimum of the group on its right
  * (opt_q is monotone), and every lane takes every candidate of that common range, so there are
  * no data-dependent branches but the range's ends. Candidates outside a lane's own window are
- * (in exact arithmetic) never its leftmost optimum. The costs come from the cost table when the
- * problem has one (then a whole layer is one sweep), else are computed (the bottom of the
- * divide and conquer); the same values either way. */
+ * (in exact arithmetic) never its leftmost optimum. This finishes the divide and conquer's
+ * nodes (costs computed); problems with a cost table sweep whole layers in sweep_tab(). */
 SCAN_CLONES
 static void sweep(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
 {
-    int kind = L->tab ? COST_TAB : cost_kind(L->w);
-    if (kind == COST_TAB)
-        sweep_kind(COST_TAB, L, tl, tr, sl, sr);
-    else if (kind == COST_INT)
+    int kind = cost_kind(L->w);
+    if (kind == COST_INT)
         sweep_kind(COST_INT, L, tl, tr, sl, sr);
     else if (kind == COST_RINV)
         sweep_kind(COST_RINV, L, tl, tr, sl, sr);
     else
         sweep_kind(COST_FLOAT, L, tl, tr, sl, sr);
+}
+
+/* sweep() over a whole layer of a problem with a cost table, two table blocks (eight end
+ * points, two vectors) at a time. The candidates are read, not computed, so what a group costs
+ * is mostly its fixed part (the bounds, the merge, the stores), which eight lanes share: 1.3x
+ * faster than four on MobileNetV2's int8 rows; twelve or sixteen are slower again (the windows
+ * grow). The candidates go four at a time, the ones past hi replaced by hi (taking one again
+ * changes nothing), so most groups (windows of 3 to 8) run one or two fixed steps. Lanes
+ * outside [tl, tr] are computed but not kept. */
+#define TAB_STEP 4
+SCAN_CLONES
+static void sweep_tab(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
+{
+    const v4d inf = {INFINITY, INFINITY, INFINITY, INFINITY};
+    const double *E = L->Eprev;
+    Py_ssize_t lo0 = sl > L->smin ? sl : L->smin;
+    Py_ssize_t up = sr;
+    for (Py_ssize_t t0 = (tr & ~(Py_ssize_t)3) - 4; t0 + 7 >= tl; t0 -= 8) {
+        Py_ssize_t a = t0 > tl ? t0 : tl, lo = lo0; /* a: the group's first kept end point */
+        if (L->Aprev && a <= L->prev_hi && L->Aprev[a] > lo) lo = L->Aprev[a];
+        Py_ssize_t hi = up < t0 + 6 ? up : t0 + 6; /* (t0 + 6: the last lane's t - 1) */
+        /* (t0 < 0: the first block's lanes are all before tl, and read from block 0) */
+        const double *blk[2] = {L->tab + tab_blk(t0 >= 0 ? t0 >> 2 : 0),
+                                L->tab + tab_blk((t0 >> 2) + 1)};
+        const v4l l4 = {lo, lo, lo, lo};
+        v4d bv[2] = {inf, inf};
+        v4l bi[2] = {l4, l4};
+        Py_ssize_t s = lo;
+        do {
+            for (int u = 0; u < TAB_STEP; u++) {
+                Py_ssize_t c = s + u < hi ? s + u : hi;
+                const v4l sv = {c, c, c, c};
+                const v4d es = {E[c], E[c], E[c], E[c]};
+                for (int h = 0; h < 2; h++) {
+                    v4d v;
+                    memcpy(&v, blk[h] + 4 * c, sizeof v);
+                    v = es + v;
+                    v4l m = v < bv[h];
+                    bv[h] = (v4d)(((v4l)v & m) | ((v4l)bv[h] & ~m));
+                    bi[h] = (sv & m) | (bi[h] & ~m);
+                }
+            }
+            s += TAB_STEP;
+        } while (s <= hi);
+        for (int h = 0; h < 2; h++) {
+            Py_ssize_t th = t0 + 4 * h;
+            if (th >= tl && th + 3 <= tr) {
+                v4i b32 = __builtin_convertvector(bi[h], v4i);
+                memcpy(L->Ecur + th, &bv[h], sizeof bv[h]);
+                memcpy(L->Acur + th, &b32, sizeof b32);
+                continue;
+            }
+            for (int j = 0; j < 4; j++) { /* (a fixed count: the lanes stay in registers) */
+                if (th + j < tl || th + j > tr) continue;
+                L->Ecur[th + j] = bv[h][j];
+                L->Acur[th + j] = (int32_t)bi[h][j];
+            }
+        }
+        up = bi[0][0]; /* (lane 0 is kept but in the last group) */
+    }
 }
 
 static void dc(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, Py_ssize_t sr)
@@ -530,21 +614,23 @@ static void layers(Work *w, Py_ssize_t n, int Q, int full, double *keep)
     /* layer 1 */
     Py_ssize_t hi1 = full ? n : n - Q + 1;
     for (Py_ssize_t t = 0; t <= n; t++) w->Eprev[t] = INFINITY;
-    if (w->use_tab) /* (column 0 of the table) */
-        memcpy(w->Eprev + 1, w->tab + tab_col(n, 0) + 1, hi1 * sizeof(double));
-    else
+    if (w->use_tab) { /* (start 0, from the table) */
+        for (Py_ssize_t t = 1; t <= hi1; t++)
+            w->Eprev[t] = w->tab[tab_at(0, t)];
+    } else
         for (Py_ssize_t t = 1; t <= hi1; t++) w->Eprev[t] = seg_cost(w, 0, t);
     if (keep) memcpy(keep + (n + 1), w->Eprev, (n + 1) * sizeof(double));
     Py_ssize_t prev_hi = hi1;
     for (int q = 2; q <= Q; q++) {
         Py_ssize_t lo = q, hi = full ? n : n - Q + q;
         int32_t *Acur = w->A + (Py_ssize_t)q * (n + 1);
-        for (Py_ssize_t t = 0; t <= n; t++) w->Ecur[t] = INFINITY;
+        if (!w->use_tab) /* (a table's sweep writes every entry the next layer reads) */
+            for (Py_ssize_t t = 0; t <= n; t++) w->Ecur[t] = INFINITY;
         Layer L = {w, w->Eprev, w->Ecur, Acur,
                    q > 2 ? w->A + (Py_ssize_t)(q - 1) * (n + 1) : NULL, prev_hi, q - 1};
         L.tab = w->use_tab ? w->tab : NULL;
         if (lo <= hi && w->use_tab)
-            sweep(&L, lo, hi, q - 1, hi - 1);
+            sweep_tab(&L, lo, hi, q - 1, hi - 1);
         else if (lo <= hi)
             dc_split(&L, lo, hi, q - 1, hi - 1, dc_depth);
         double *tmp = w->Eprev;
@@ -659,15 +745,15 @@ static void solve_one(Work *w, const double *vals, const double *wts, Py_ssize_t
     prefix(w, vals, wts, n, 1);
     w->rinv = NULL;
     if (!w->integer && w->W[n] == (double)n) { /* every weight 1: W[t] - W[s] = t - s */
-        if (n + 8 > w->rcap) {
-            void *p = realloc(w->rbuf, (n + 8) * sizeof(double));
-            if (p) { w->rbuf = p; w->rcap = n + 8; }
+        if (n + 16 > w->rcap) {
+            void *p = realloc(w->rbuf, (n + 16) * sizeof(double));
+            if (p) { w->rbuf = p; w->rcap = n + 16; }
         }
-        if (n + 8 <= w->rcap) {
-            w->rinv = w->rbuf + 4;
-            for (Py_ssize_t j = -4; j < 0; j++) w->rinv[j] = 0;
+        if (n + 16 <= w->rcap) {
+            w->rinv = w->rbuf + 8;
+            for (Py_ssize_t j = -8; j < 0; j++) w->rinv[j] = 0;
             for (Py_ssize_t j = 0; j < n; j++) w->rinv[j] = 1.0 / (double)(n - j);
-            for (Py_ssize_t j = n; j < n + 4; j++) w->rinv[j] = 0;
+            for (Py_ssize_t j = n; j < n + 8; j++) w->rinv[j] = 0;
             w->rn = n;
         }
     }
@@ -729,10 +815,69 @@ static void cluster_row(Work *w, const double *vals, const double *wts, Py_ssize
     }
 }
 
-/* int_rows(codes, N, K, lo, span, out): every row of ``codes`` (R x N int32, every code in
- * [lo, lo + span)) clustered exactly into at most K integer centroids (rounded means), written
- * to ``out`` (R x N int32). A row's distinct codes come from its histogram (no sort) and the
- * centroids go back through a lookup table; a row with at most K distinct codes is copied. */
+/* The integer types int_rows() reads and writes: 1, 2 or 4 bytes, signed or not (a buffer's
+ * struct format). */
+enum { CODE_I8, CODE_U8, CODE_I16, CODE_U16, CODE_I32, CODE_U32 };
+
+/* a C-contiguous buffer of codes (see above), its type in *type and its length in *count;
+ * NULL with an exception set otherwise */
+static void *bufs_get_codes(Bufs *B, PyObject *o, int writable, const char *name, int *type,
+                            Py_ssize_t *count)
+{
+    Py_buffer *b = &B->b[B->n];
+    int flags = PyBUF_C_CONTIGUOUS | PyBUF_FORMAT | (writable ? PyBUF_WRITABLE : 0);
+    if (PyObject_GetBuffer(o, b, flags) < 0) return NULL;
+    B->n++;
+    const char *f = b->format ? b->format : "B";
+    if (*f == '@' || *f == '=') f++;
+    static const char codes[] = "bBhHiI";
+    const char *at = f[0] && !f[1] ? strchr(codes, f[0]) : NULL;
+    if (!at || b->itemsize != (Py_ssize_t)1 << ((at - codes) / 2)) {
+        PyErr_Format(PyExc_ValueError, "%s: not 8, 16 or 32-bit integers (format %s)", name, f);
+        return NULL;
+    }
+    *type = (int)(at - codes);
+    *count = b->len / b->itemsize;
+    return b->buf;
+}
+
+#define CODE_CASES(T, BODY)                                                   \
+    switch (T) {                                                              \
+    case CODE_I8: { typedef int8_t code_t; BODY; break; }                    \
+    case CODE_U8: { typedef uint8_t code_t; BODY; break; }                   \
+    case CODE_I16: { typedef int16_t code_t; BODY; break; }                  \
+    case CODE_U16: { typedef uint16_t code_t; BODY; break; }                 \
+    case CODE_I32: { typedef int32_t code_t; BODY; break; }                  \
+    default: { typedef uint32_t code_t; BODY; break; }                       \
+    }
+
+/* codes [i0, i0 + n) of X (of ``type``) less lo, into v; returns 0, or -1 when one is outside
+ * [0, span) (then *bad holds it) */
+static int row_codes(const void *X, int type, Py_ssize_t i0, Py_ssize_t n, Py_ssize_t lo,
+                     Py_ssize_t span, int32_t *v, long long *bad)
+{
+    long long a = LLONG_MAX, b = LLONG_MIN;
+    CODE_CASES(type, {
+        const code_t *x = (const code_t *)X + i0;
+        for (Py_ssize_t i = 0; i < n; i++) { /* (no branch: vectorised) */
+            long long c = (long long)x[i];
+            a = c < a ? c : a;
+            b = c > b ? c : b;
+        }
+        if (a < lo || b - lo >= span) {
+            *bad = a < lo ? a : b;
+            return -1;
+        }
+        for (Py_ssize_t i = 0; i < n; i++) v[i] = (int32_t)((long long)x[i] - lo);
+    })
+    return 0;
+}
+
+/* int_rows(codes, N, K, lo, span, out): every row of ``codes`` (R x N integers of 8, 16 or 32
+ * bits, every code in [lo, lo + span)) clustered exactly into at most K integer centroids
+ * (rounded means), written to ``out`` (the same type and shape). A row's distinct codes come
+ * from its histogram (no sort) and the centroids go back through a lookup table; a row with at
+ * most K distinct codes is copied. */
 static PyObject *py_int_rows(PyObject *self, PyObject *args)
 {
     PyObject *ox, *oout;
@@ -744,21 +889,19 @@ static PyObject *py_int_rows(PyObject *self, PyObject *args)
         return NULL;
     }
     Bufs B = {.n = 0};
-    Py_ssize_t total = 0;
-    const int32_t *X = bufs_get(&B, ox, 0, 4, -1, "codes", &total);
-    int32_t *O = X ? bufs_get(&B, oout, 1, 4, total, "out", NULL) : NULL;
+    Py_ssize_t total = 0, ntot = 0;
+    int type, otype;
+    const void *X = bufs_get_codes(&B, ox, 0, "codes", &type, &total);
+    void *O = X ? bufs_get_codes(&B, oout, 1, "out", &otype, &ntot) : NULL;
     if (!O) goto fail;
+    if (otype != type || ntot != total) {
+        PyErr_SetString(PyExc_ValueError, "out: not the codes' type and length");
+        goto fail;
+    }
     Py_ssize_t R = total / N;
     if (R * N != total) {
         PyErr_SetString(PyExc_ValueError, "codes: not a whole number of rows of N values");
         goto fail;
-    }
-    for (Py_ssize_t i = 0; i < total; i++) {
-        if (X[i] < lo || X[i] - lo >= span) {
-            PyErr_Format(PyExc_ValueError, "codes: %d is outside [%zd, %zd)", (int)X[i], lo,
-                         lo + span);
-            goto fail;
-        }
     }
     Work w;
     memset(&w, 0, sizeof w);
@@ -770,16 +913,20 @@ static PyObject *py_int_rows(PyObject *self, PyObject *args)
     /* two histograms, of the even and the odd values: repeated codes then make two chains of
      * increments through memory, not one */
     int64_t *st = rb.st, *hist = calloc(2 * span, sizeof(int64_t)), *hist2 = hist + span;
-    int32_t *lut = malloc(span * sizeof(int32_t));
-    bad = bad || !hist || !lut || work_reserve(&w, cap, K) < 0;
+    int32_t *lut = malloc(span * sizeof(int32_t)), *x = malloc(N * sizeof(int32_t));
+    bad = bad || !hist || !lut || !x || work_reserve(&w, cap, K) < 0;
+    long long outside = 0;
+    int range = 0; /* a code outside [lo, lo + span) */
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < R && !bad; r++) {
-        const int32_t *x = X + r * N;
-        int32_t *o = O + r * N;
+        if (row_codes(X, type, r * N, N, lo, span, x, &outside) < 0) {
+            range = 1;
+            break;
+        }
         Py_ssize_t a = span, b = 0; /* the row's smallest and largest code, less lo */
         Py_ssize_t i = 0;
         for (; i + 1 < N; i += 2) {
-            Py_ssize_t v = x[i] - lo, u = x[i + 1] - lo;
+            Py_ssize_t v = x[i], u = x[i + 1];
             hist[v]++;
             hist2[u]++;
             a = v < a ? v : a;
@@ -788,7 +935,7 @@ static PyObject *py_int_rows(PyObject *self, PyObject *args)
             b = u > b ? u : b;
         }
         if (i < N) {
-            Py_ssize_t v = x[i] - lo;
+            Py_ssize_t v = x[i];
             hist[v]++;
             a = v < a ? v : a;
             b = v > b ? v : b;
@@ -796,26 +943,35 @@ static PyObject *py_int_rows(PyObject *self, PyObject *args)
         Py_ssize_t m = 0;
         for (Py_ssize_t v = a; v <= b; v++) { /* (no branch: which codes occur is random) */
             int64_t cnt = hist[v] + hist2[v];
-            vals[m] = (double)(v + lo); /* (written and kept when cnt > 0) */
+            vals[m] = (double)v; /* (written and kept when cnt > 0) */
             wts[m] = (double)cnt;
             m += cnt != 0;
             hist[v] = hist2[v] = 0;
         }
         if (m <= K) {
-            memcpy(o, x, N * sizeof(int32_t));
-            continue;
+            for (Py_ssize_t v = a; v <= b; v++) lut[v] = (int32_t)v;
+        } else {
+            cluster_row(&w, vals, wts, m, K, st, c, l);
+            for (int j = 0; j < K; j++)
+                for (Py_ssize_t i = st[j]; i < st[j + 1]; i++)
+                    lut[(Py_ssize_t)vals[i]] = (int32_t)c[j];
         }
-        cluster_row(&w, vals, wts, m, K, st, c, l);
-        for (int j = 0; j < K; j++)
-            for (Py_ssize_t i = st[j]; i < st[j + 1]; i++)
-                lut[(Py_ssize_t)vals[i] - lo] = (int32_t)c[j];
-        for (Py_ssize_t i = 0; i < N; i++) o[i] = lut[x[i] - lo];
+        CODE_CASES(type, {
+            code_t *o = (code_t *)O + r * N;
+            for (Py_ssize_t i = 0; i < N; i++) o[i] = (code_t)(lut[x[i]] + lo);
+        })
     }
     Py_END_ALLOW_THREADS
     rowbufs_free(&rb);
     free(hist);
     free(lut);
+    free(x);
     work_free(&w);
+    if (range && !bad) {
+        PyErr_Format(PyExc_ValueError, "codes: %lld is outside [%zd, %zd)", outside, lo,
+                     lo + span);
+        goto fail;
+    }
     return bufs_done(&B, bad);
 fail:
     bufs_release(&B);

@@ -715,8 +715,9 @@ def _c_int_rows(a, K, lo, span):
     ``[lo, lo + span)``): no sort, centroids written back through a lookup table."""
     R, N = a.shape
     _check_table(K, min(N, span))
-    x = np.ascontiguousarray(a, np.int32)
-    out = np.empty((R, N), np.int32)
+    native = a.dtype.itemsize <= 4 and a.dtype.isnative  # (the kernel reads 8 to 32-bit codes)
+    x = np.ascontiguousarray(a if native else a.astype(np.int32))
+    out = np.empty_like(x)
 
     def run(r0, r1):
         _dp.int_rows(x[r0:r1], N, K, lo, span, out[r0:r1])
