@@ -143,7 +143,7 @@ def snap_rows(rows: np.ndarray, k: int, *, method: str = "optimal", integer: boo
     if info is not None:
         info["gap"] = 0.0
     a, k, codes = _check(rows, k, method, init, integer)
-    if a.size == 0:
+    if a.size == 0 or a.shape[1] <= k:  # (no row can have more than k distinct values)
         return a.copy() if integer else a.astype(np.float64)
     if not integer and (method == "kmeans" or zero_fixed or kernel() != "c"):
         a = a.astype(np.float64, copy=False)  # (only the compiled row path reads float32)
