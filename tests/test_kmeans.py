@@ -106,13 +106,16 @@ def test_optimal_matches_plain_dp_on_larger_rows(kernel, integer):
 @pytest.mark.parametrize("integer", [False, True])
 def test_compiled_paths_match_plain_dp_at_their_boundaries(integer):
     """Rows on both sides of the compiled kernel's limits: the cost table (n <= 256 distinct
-    values and n <= 24 k; whole layers swept four end points at a time), and divide and conquer
+    values and n <= 24 k; whole layers swept eight end points at a time), and divide and conquer
     with its bottom sweeps (nodes of <= 32 end points); unit weights (distinct floats, the
     reciprocal path), weighted floats (ties) and integer codes. Integer costs are exact, so the
     optimum must be equal; float ones within rounding."""
     rng = np.random.default_rng(21 + integer)
+    # (17..25, 16) and the other small ones: every end point layout of the table's sweep
+    # groups of eight, including groups that start before a layer's first end point
     for n, k in [(255, 16), (256, 16), (257, 16), (240, 10), (241, 10), (96, 4), (97, 4),
-                 (40, 2), (300, 2), (520, 31), (700, 5)]:
+                 (40, 2), (300, 2), (520, 31), (700, 5), *[(n, 16) for n in range(17, 26)],
+                 (9, 8), (10, 3), (13, 3), (14, 12), (33, 2), (36, 7)]:
         rows = []
         for _ in range(4):
             if integer:  # n distinct codes, about as dense as an int8 row's, Laplace counts
@@ -122,7 +125,8 @@ def test_compiled_paths_match_plain_dp_at_their_boundaries(integer):
             else:
                 x = rng.laplace(size=n) * rng.uniform(0.01, 10)
                 rows.append(x)
-                rows.append(np.repeat(x[: n // 2], rng.integers(1, 4, size=n // 2)))  # ties
+                m = max(n // 2, k + 1)
+                rows.append(np.repeat(x[:m], rng.integers(1, 4, size=m)))  # ties
         for r in rows:
             a = r[None, :]
             assert len(np.unique(a)) > k
@@ -229,6 +233,38 @@ def test_rows_with_at_most_k_values_are_unchanged():
     out = km.snap_rows(codes, 2, integer=True, zero_fixed=True)
     assert out.dtype == np.int8
     np.testing.assert_array_equal(out[0], codes[0])
+
+
+def test_rows_no_longer_than_k_come_back_as_they_are():
+    """Rows of at most k values skip the kernel: integer codes keep their dtype, floats come back
+    as float64, bit for bit; bad values are still refused."""
+    codes = np.array([[5, -3, 7], [1, 1, 1]], dtype=np.int16)
+    out = km.snap_rows(codes, 3, integer=True)
+    assert out.dtype == np.int16 and out is not codes
+    np.testing.assert_array_equal(out, codes)
+    x = np.array([[0.1, -0.0], [3.0, 2.5]], dtype=np.float32)
+    out = km.snap_rows(x, 2)
+    assert out.dtype == np.float64 and out.tobytes() == x.astype(np.float64).tobytes()
+    with pytest.raises(ValueError, match="NaN"):
+        km.snap_rows(np.array([[np.nan, 1.0]]), 2)
+
+
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32,
+                                   np.int64, ">i2"])
+def test_integer_rows_of_every_code_type(kernel, dtype):
+    """The compiled kernel reads and writes 8, 16 and 32-bit codes as they are (others are
+    widened): the same optimum for every type, the input's dtype back."""
+    dt = np.dtype(dtype)
+    info = np.iinfo(dt)
+    rng = np.random.default_rng(4)
+    centre = 0 if info.min < 0 else 100
+    x = np.clip(np.round(rng.laplace(size=(5, 300)) * 20) + centre, info.min, info.max)
+    a = x.astype(dt)
+    out = km.snap_rows(a, 8, integer=True)
+    assert out.dtype == dt and out.shape == a.shape
+    for r in range(5):
+        assert len(np.unique(out[r])) <= 8
+        assert km.sse(a[r:r + 1], out[r:r + 1])[0] == km.plain_dp_sse(a[r], 8, True)
 
 
 def test_at_most_k_values_and_float64_output():
@@ -599,6 +635,10 @@ def test_compiled_kernel_rejects_bad_buffers():
         dp.int_rows(np.array([0, 5, 8], i32), 3, 2, 0, 9, np.zeros(2, i32))
     with pytest.raises(ValueError, match="whole number"):
         dp.int_rows(np.zeros(5, i32), 2, 2, 0, 1, np.zeros(5, i32))
+    with pytest.raises(ValueError, match="8, 16 or 32-bit"):
+        dp.int_rows(np.zeros(4), 2, 2, 0, 1, np.zeros(4))
+    with pytest.raises(ValueError, match="codes' type"):
+        dp.int_rows(np.zeros(4, np.int8), 2, 2, 0, 1, np.zeros(4, np.uint8))
     with pytest.raises(ValueError, match="D"):
         dp.grid(np.zeros(4), 0.0, 1.0, 0.0, np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(2))
     with pytest.raises(ValueError, match="out"):

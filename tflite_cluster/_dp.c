@@ -95,10 +95,11 @@ static int work_reserve(Work *w, Py_ssize_t n, int K)
 }
 
 /* A cost table is stored by blocks of four end points: block g (t = 4g .. 4g + 3) holds, for
- * every start s = 0 .. 4g + 2, the four costs cost(s, t) side by side (one vector) at
+ * every start s = 0 .. 4g + 6, the four costs cost(s, t) side by side (one vector) at
  * tab_at(s, t), so a sweep reads a block's candidates from consecutive memory. Entries with
- * t <= s (no segment) or t > n are +inf. */
-static inline Py_ssize_t tab_blk(Py_ssize_t g) { return 8 * g * g + 4 * g; }
+ * t <= s (no segment) or t > n are +inf (s past 4g + 2 only for sweep_tab, whose groups of two
+ * blocks take candidates up to the second block's last end point). */
+static inline Py_ssize_t tab_blk(Py_ssize_t g) { return 8 * g * g + 20 * g; }
 static inline Py_ssize_t tab_at(Py_ssize_t s, Py_ssize_t t)
 {
     return tab_blk(t >> 2) + 4 * s + (t & 3);
@@ -259,7 +260,9 @@ static inline __attribute__((always_inline)) void fill_kind(int kind, Work *w, P
         }
         double *blk = w->tab + tab_blk(t0 >> 2);
         Py_ssize_t whole = t0 + 3 <= n ? t0 : 0; /* starts below this: every lane a segment */
-        for (Py_ssize_t s = 0; s <= t0 + 2; s++) {
+        Py_ssize_t last = t0 + 2 < n ? t0 + 2 : n - 1; /* (starts past it: no lane a segment) */
+        Py_ssize_t s = 0;
+        for (; s <= last; s++) {
             const v4d ws = {W[s], W[s], W[s], W[s]}, ps = {P1[s], P1[s], P1[s], P1[s]};
             const v4d bs = {S2[s], S2[s], S2[s], S2[s]};
             v4d rv = {0, 0, 0, 0}, v;
@@ -275,6 +278,7 @@ static inline __attribute__((always_inline)) void fill_kind(int kind, Work *w, P
             }
             memcpy(blk + 4 * s, &v, sizeof v);
         }
+        for (; s <= t0 + 6; s++) memcpy(blk + 4 * s, &inf, sizeof inf);
     }
 }
 
@@ -480,9 +484,9 @@ static void sweep(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t sl, P
 
 /* sweep() over a whole layer of a problem with a cost table, two table blocks (eight end
  * points, two vectors) at a time. The candidates are read, not computed, so what a group costs
- * is mostly its fixed part (the bounds, the merge, the stores), which eight lanes share: 1.3x
- * faster than four on MobileNetV2's int8 rows; twelve or sixteen are slower again (the windows
- * grow). The candidates go four at a time, the ones past hi replaced by hi (taking one again
+ * is mostly its fixed part (the bounds, the merge, the stores), which eight lanes share: 0.7x
+ * the time of four lanes on MobileNetV2's int8 rows; twelve or sixteen are slower again (the
+ * windows grow), and so are blocks of eight (groups aligned to 8 waste more lanes). The candidates go four at a time, the ones past hi replaced by hi (taking one again
  * changes nothing), so most groups (windows of 3 to 8) run one or two fixed steps. Lanes
  * outside [tl, tr] are computed but not kept. */
 #define TAB_STEP 4
@@ -497,7 +501,8 @@ static void sweep_tab(const Layer *L, Py_ssize_t tl, Py_ssize_t tr, Py_ssize_t s
         Py_ssize_t a = t0 > tl ? t0 : tl, lo = lo0; /* a: the group's first kept end point */
         if (L->Aprev && a <= L->prev_hi && L->Aprev[a] > lo) lo = L->Aprev[a];
         Py_ssize_t hi = up < t0 + 6 ? up : t0 + 6; /* (t0 + 6: the last lane's t - 1) */
-        /* (t0 < 0: the first block's lanes are all before tl, and read from block 0) */
+        /* (t0 < 0: the first block's lanes are all before tl, and read from block 0; the
+         * first block has +inf for its lanes' candidates past t0 + 2) */
         const double *blk[2] = {L->tab + tab_blk(t0 >= 0 ? t0 >> 2 : 0),
                                 L->tab + tab_blk((t0 >> 2) + 1)};
         const v4l l4 = {lo, lo, lo, lo};

@@ -712,7 +712,9 @@ def _c_rows(a, K, integer):
 
 def _c_int_rows(a, K, lo, span):
     """Every integer row clustered by the compiled kernel from its histogram of codes (all in
-    ``[lo, lo + span)``): no sort, centroids written back through a lookup table."""
+    ``[lo, lo + span)``): no sort, centroids written back through a lookup table. 8, 16 and
+    32-bit codes (native byte order) are read and written as they are; others go through int32
+    (``_check`` keeps every code below 2**31 in size)."""
     R, N = a.shape
     _check_table(K, min(N, span))
     native = a.dtype.itemsize <= 4 and a.dtype.isnative  # (the kernel reads 8 to 32-bit codes)
