@@ -856,26 +856,42 @@ static void *bufs_get_codes(Bufs *B, PyObject *o, int writable, const char *name
     default: { typedef uint32_t code_t; BODY; break; }                       \
     }
 
-/* codes [i0, i0 + n) of X (of ``type``) less lo, into v; returns 0, or -1 when one is outside
- * [0, span) (then *bad holds it) */
+/* codes [i0, i0 + n) of X (of ``type``) less lo, into v, and the smallest and largest of them
+ * (less lo) into *a and *b; returns 0, or -1 when one is outside [0, span) (then *bad holds
+ * it). The loops have no branches: vectorised, min and max in the codes' own type. */
 static int row_codes(const void *X, int type, Py_ssize_t i0, Py_ssize_t n, Py_ssize_t lo,
-                     Py_ssize_t span, int32_t *v, long long *bad)
+                     Py_ssize_t span, int32_t *v, Py_ssize_t *a, Py_ssize_t *b, long long *bad)
 {
-    long long a = LLONG_MAX, b = LLONG_MIN;
+    long long mn = 0, mx = 0;
     CODE_CASES(type, {
         const code_t *x = (const code_t *)X + i0;
-        for (Py_ssize_t i = 0; i < n; i++) { /* (no branch: vectorised) */
-            long long c = (long long)x[i];
-            a = c < a ? c : a;
-            b = c > b ? c : b;
+        code_t cmin = x[0];
+        code_t cmax = x[0];
+        for (Py_ssize_t i = 1; i < n; i++) {
+            cmin = x[i] < cmin ? x[i] : cmin;
+            cmax = x[i] > cmax ? x[i] : cmax;
         }
-        if (a < lo || b - lo >= span) {
-            *bad = a < lo ? a : b;
+        mn = (long long)cmin;
+        mx = (long long)cmax;
+        if (mn < lo || mx - lo >= span) {
+            *bad = mn < lo ? mn : mx;
             return -1;
         }
         for (Py_ssize_t i = 0; i < n; i++) v[i] = (int32_t)((long long)x[i] - lo);
     })
+    *a = (Py_ssize_t)(mn - lo);
+    *b = (Py_ssize_t)(mx - lo);
     return 0;
+}
+
+/* out[i0 .. i0 + n) (of ``type``) = lut[v[i]] (codes less lo in v; lut holds codes) */
+static void put_row(void *O, int type, Py_ssize_t i0, Py_ssize_t n, const int32_t *lut,
+                    const int32_t *v)
+{
+    CODE_CASES(type, {
+        code_t *o = (code_t *)O + i0;
+        for (Py_ssize_t i = 0; i < n; i++) o[i] = (code_t)lut[v[i]];
+    })
 }
 
 /* int_rows(codes, N, K, lo, span, out): every row of ``codes`` (R x N integers of 8, 16 or 32
@@ -924,27 +940,17 @@ static PyObject *py_int_rows(PyObject *self, PyObject *args)
     int range = 0; /* a code outside [lo, lo + span) */
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t r = 0; r < R && !bad; r++) {
-        if (row_codes(X, type, r * N, N, lo, span, x, &outside) < 0) {
+        Py_ssize_t a, b; /* the row's smallest and largest code, less lo */
+        if (row_codes(X, type, r * N, N, lo, span, x, &a, &b, &outside) < 0) {
             range = 1;
             break;
         }
-        Py_ssize_t a = span, b = 0; /* the row's smallest and largest code, less lo */
         Py_ssize_t i = 0;
         for (; i + 1 < N; i += 2) {
-            Py_ssize_t v = x[i], u = x[i + 1];
-            hist[v]++;
-            hist2[u]++;
-            a = v < a ? v : a;
-            b = v > b ? v : b;
-            a = u < a ? u : a;
-            b = u > b ? u : b;
+            hist[x[i]]++;
+            hist2[x[i + 1]]++;
         }
-        if (i < N) {
-            Py_ssize_t v = x[i];
-            hist[v]++;
-            a = v < a ? v : a;
-            b = v > b ? v : b;
-        }
+        if (i < N) hist[x[i]]++;
         Py_ssize_t m = 0;
         for (Py_ssize_t v = a; v <= b; v++) { /* (no branch: which codes occur is random) */
             int64_t cnt = hist[v] + hist2[v];
@@ -954,17 +960,14 @@ static PyObject *py_int_rows(PyObject *self, PyObject *args)
             hist[v] = hist2[v] = 0;
         }
         if (m <= K) {
-            for (Py_ssize_t v = a; v <= b; v++) lut[v] = (int32_t)v;
+            for (Py_ssize_t v = a; v <= b; v++) lut[v] = (int32_t)(v + lo);
         } else {
             cluster_row(&w, vals, wts, m, K, st, c, l);
             for (int j = 0; j < K; j++)
                 for (Py_ssize_t i = st[j]; i < st[j + 1]; i++)
-                    lut[(Py_ssize_t)vals[i]] = (int32_t)c[j];
+                    lut[(Py_ssize_t)vals[i]] = (int32_t)(c[j] + lo);
         }
-        CODE_CASES(type, {
-            code_t *o = (code_t *)O + r * N;
-            for (Py_ssize_t i = 0; i < N; i++) o[i] = (code_t)(lut[x[i]] + lo);
-        })
+        put_row(O, type, r * N, N, lut, x);
     }
     Py_END_ALLOW_THREADS
     rowbufs_free(&rb);
