@@ -21,9 +21,10 @@
  * optimal s, opt_q(t), is monotone in t, and opt_{q-1}(t) <= opt_q(t) (Knuth's bound). Big
  * layers run the divide and conquer optimisation down to nodes of a few dozen end points, which
  * sweep() finishes four end points per vector; small problems sweep whole layers over a table of
- * their costs, eight end points per step (sweep_tab). cost(s, t) comes from prefix sums of w, w x, w x^2. Integer problems sum codes
- * shifted to start at 0, exactly (the caller keeps the sums below 2**52), so their costs are
- * exact; float problems are centred on their weighted mean. The GIL is released while solving.
+ * their costs, eight end points per step (sweep_tab). cost(s, t) comes from prefix sums of w,
+ * w x, w x^2. Integer problems sum codes shifted to start at 0, exactly (the caller keeps the
+ * sums below 2**52), so their costs are exact; float problems are centred on their weighted
+ * mean. The GIL is released while solving.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -43,8 +44,8 @@ typedef struct {
     int use_tab;              /* tab holds the current problem's costs */
     /* float problems whose weights are all 1 (distinct values) divide by t - s: rinv[j] is
      * 1 / (rn - j), so a cost multiplies by rinv[rn - t + s] instead (within an ulp of the
-     * division; a multiplication is far cheaper). NULL for other problems. rbuf holds 8 zeros
-     * before rinv and 8 after (vector reads past either end: up to 7 in a table block). */
+     * division; a multiplication is far cheaper). NULL for other problems. rbuf holds 4 zeros
+     * before rinv and 4 after (vector reads past either end). */
     double *rinv, *rbuf;
     Py_ssize_t rcap, rn;
     Py_ssize_t cap, acap, tcap;
@@ -750,15 +751,15 @@ static void solve_one(Work *w, const double *vals, const double *wts, Py_ssize_t
     prefix(w, vals, wts, n, 1);
     w->rinv = NULL;
     if (!w->integer && w->W[n] == (double)n) { /* every weight 1: W[t] - W[s] = t - s */
-        if (n + 16 > w->rcap) {
-            void *p = realloc(w->rbuf, (n + 16) * sizeof(double));
-            if (p) { w->rbuf = p; w->rcap = n + 16; }
+        if (n + 8 > w->rcap) {
+            void *p = realloc(w->rbuf, (n + 8) * sizeof(double));
+            if (p) { w->rbuf = p; w->rcap = n + 8; }
         }
-        if (n + 16 <= w->rcap) {
-            w->rinv = w->rbuf + 8;
-            for (Py_ssize_t j = -8; j < 0; j++) w->rinv[j] = 0;
+        if (n + 8 <= w->rcap) {
+            w->rinv = w->rbuf + 4;
+            for (Py_ssize_t j = -4; j < 0; j++) w->rinv[j] = 0;
             for (Py_ssize_t j = 0; j < n; j++) w->rinv[j] = 1.0 / (double)(n - j);
-            for (Py_ssize_t j = n; j < n + 8; j++) w->rinv[j] = 0;
+            for (Py_ssize_t j = n; j < n + 4; j++) w->rinv[j] = 0;
             w->rn = n;
         }
     }
@@ -1404,7 +1405,9 @@ static PyObject *py_grid(PyObject *self, PyObject *args)
     for (Py_ssize_t c = 0; c < nc; c++) D[c] = 0;
     for (Py_ssize_t i = 0; i < n; i++) {
         Py_ssize_t c = grid_cell(x[i], lo, inv_h, nc);
-        D[c] += fmax(x[i] - mu - acc[4 * c + 3], 0); /* (fmax: no branch, d > 0 is unpredictable) */
+        double d = x[i] - mu - acc[4 * c + 3];
+        D[c] += (d + fabs(d)) * 0.5; /* max(d, 0) exactly, with no branch (d > 0 is unpredictable)
+                                      * and no call (fmax() is one) */
     }
     for (Py_ssize_t c = 0; c < nc; c++) {
         W[c] = acc[4 * c];
