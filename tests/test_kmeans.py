@@ -736,6 +736,32 @@ def test_map_ahead_order_errors_and_budget(threads):
         assert peak[0] == 9
 
 
+def test_map_ahead_workers_take_the_largest_queued_item_first():
+    """A big item queued behind small ones starts as soon as a worker is free (so it does not
+    end a batch alone on one core); equal sizes keep their order."""
+    import threading
+
+    started, gate, order = threading.Event(), threading.Event(), []
+
+    def block(name):
+        started.set()
+        gate.wait(10)
+        order.append(name)
+
+    pool = km._LargestFirst(1)
+    try:
+        futs = [pool.submit(1, block, "first")]
+        assert started.wait(10)  # the only worker is busy: the rest queue up
+        futs += [pool.submit(size, order.append, name)
+                 for size, name in [(2, "a"), (9, "b"), (2, "c"), (5, "d")]]
+        gate.set()
+        for fut in futs:
+            fut.result(timeout=10)
+    finally:
+        pool.shutdown()
+    assert order == ["first", "b", "d", "a", "c"]
+
+
 def test_map_ahead_stopped_early_leaves_nothing_running():
     import threading
 

@@ -625,18 +625,71 @@ def _in_parts(work, run):
     list(_pool(nt).map(lambda lo, hi: run(int(lo), int(hi)), bounds[:-1], bounds[1:]))
 
 
+class _LargestFirst:
+    """``nt`` worker threads that run the queued call with the most elements first (the earliest
+    among equals): a big item queued behind small ones starts as soon as a core is free, so it
+    does not end the batch alone on one core while the others idle (the longest-first rule)."""
+
+    def __init__(self, nt):
+        import threading
+
+        self._heap, self._seq, self._closed = [], 0, False
+        self._cv = threading.Condition()
+        self._workers = [threading.Thread(target=self._work, name=f"tflite-cluster-ahead-{i}",
+                                          daemon=True) for i in range(nt)]
+        for t in self._workers:
+            t.start()
+
+    def submit(self, size, fn, item):
+        import heapq
+        from concurrent.futures import Future
+
+        fut = Future()
+        with self._cv:
+            heapq.heappush(self._heap, (-size, self._seq, fut, fn, item))
+            self._seq += 1
+            self._cv.notify()
+        return fut
+
+    def _work(self):
+        import heapq
+
+        while True:
+            with self._cv:
+                while not self._heap and not self._closed:
+                    self._cv.wait()
+                if not self._heap:
+                    return
+                fut, fn, item = heapq.heappop(self._heap)[2:]
+            if fut.set_running_or_notify_cancel():  # (False: cancelled while queued)
+                try:
+                    fut.set_result(fn(item))
+                except BaseException as exc:  # handed to the caller through the future
+                    fut.set_exception(exc)
+
+    def shutdown(self):
+        """Wait for the running calls; queued ones must have been cancelled."""
+        with self._cv:
+            self._closed = True
+            self._cv.notify_all()
+        for t in self._workers:
+            t.join()
+
+
 def map_ahead(fn, items, sizes=None, budget=None):
     """Futures of ``fn(item)`` for every item, in order, computed up to one per available core
     at once on worker threads (the kernels release the GIL), so small problems that would each
     run on one thread keep every core busy. Up to ``_AHEAD_PER_CORE`` items per core are queued
     ahead of the one the caller waits for, so a core that finishes a small item goes on with
-    the next while a big one is still running. A new item is queued only while the items in
+    the next while a big one is still running; a free core takes the largest queued item first
+    (:class:`_LargestFirst`), so a big last item does not run alone at the end. A new item is
+    queued only while the items in
     flight have at most ``budget`` elements in all (``sizes``: elements per item; default
     ``_AHEAD_ELEMS``), so memory stays bounded. Each future is done when yielded; ``result()``
     returns the value or raises the item's own exception. One core (or one item): plain calls,
     in order."""
     from collections import deque
-    from concurrent.futures import Future, ThreadPoolExecutor
+    from concurrent.futures import Future
 
     items = list(items)
     sizes = [1] * len(items) if sizes is None else list(sizes)
@@ -651,14 +704,14 @@ def map_ahead(fn, items, sizes=None, budget=None):
                 fut.set_exception(exc)
             yield fut
         return
-    ex = ThreadPoolExecutor(nt, thread_name_prefix="tflite-cluster-ahead")
+    ex = _LargestFirst(nt)
     pending = deque()
     try:
         held = nxt = 0
         for _ in items:
             while nxt < len(items) and (not pending or (
                     len(pending) < _AHEAD_PER_CORE * nt and held + sizes[nxt] <= budget)):
-                pending.append((ex.submit(fn, items[nxt]), sizes[nxt]))
+                pending.append((ex.submit(sizes[nxt], fn, items[nxt]), sizes[nxt]))
                 held += sizes[nxt]
                 nxt += 1
             fut, size = pending.popleft()
@@ -668,7 +721,7 @@ def map_ahead(fn, items, sizes=None, budget=None):
     finally:
         for fut, _ in pending:
             fut.cancel()
-        ex.shutdown(wait=True)
+        ex.shutdown()
 
 
 def _c_solve(vals, wts, pstart, plen, K, integer):
