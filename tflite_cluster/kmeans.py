@@ -683,11 +683,10 @@ def map_ahead(fn, items, sizes=None, budget=None):
     ahead of the one the caller waits for, so a core that finishes a small item goes on with
     the next while a big one is still running; a free core takes the largest queued item first
     (:class:`_LargestFirst`), so a big last item does not run alone at the end. A new item is
-    queued only while the items in
-    flight have at most ``budget`` elements in all (``sizes``: elements per item; default
-    ``_AHEAD_ELEMS``), so memory stays bounded. Each future is done when yielded; ``result()``
-    returns the value or raises the item's own exception. One core (or one item): plain calls,
-    in order."""
+    queued only while the items in flight have at most ``budget`` elements in all (``sizes``:
+    elements per item; default ``_AHEAD_ELEMS``), so memory stays bounded. Each future is done
+    when yielded; ``result()`` returns the value or raises the item's own exception. One core
+    (or one item): plain calls, in order."""
     from collections import deque
     from concurrent.futures import Future
 
