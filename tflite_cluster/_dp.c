@@ -1456,7 +1456,7 @@ static PyObject *py_grid_reach(PyObject *self, PyObject *args)
             Py_ssize_t r = i + p < nc ? i + p : nc, l = i - p + 1 > 0 ? i - p + 1 : 0;
             double M = cum[r] - cum[l], v = a + 4 * d * d * t / M;
             if (v < best) best = v;
-            if (p >= nc) break;
+            if (best <= G || p >= nc) break; /* (the min can only fall: it cannot raise G) */
         }
         if (best > G) G = best;
     }
