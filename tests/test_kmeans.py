@@ -639,6 +639,8 @@ def test_compiled_kernel_rejects_bad_buffers():
         dp.int_rows(np.zeros(4), 2, 2, 0, 1, np.zeros(4))
     with pytest.raises(ValueError, match="codes' type"):
         dp.int_rows(np.zeros(4, np.int8), 2, 2, 0, 1, np.zeros(4, np.uint8))
+    with pytest.raises(ValueError, match="int32"):
+        dp.int_rows(np.zeros(4, np.uint32), 2, 2, 2**31, 1, np.zeros(4, np.uint32))
     with pytest.raises(ValueError, match="D"):
         dp.grid(np.zeros(4), 0.0, 1.0, 0.0, np.zeros(3), np.zeros(3), np.zeros(3), np.zeros(2))
     with pytest.raises(ValueError, match="out"):
