@@ -61,16 +61,20 @@ the other ``k - 1`` clusters between the two sides is searched exactly.
 ``method="kmeans"`` is scipy's ``kmeans2`` (Lloyd) per row with TFMOT's initialisations, seeded.
 
 Speed (``tools/bench.py --section targets``, 2-core machine, k=16, compiled kernel): a
-MobileNetV2-sized set (2.2 M values, 17 k channels) takes 0.10-0.13 s in int8 per channel and
-0.32-0.35 s in float per channel (scipy ``kmeans2``: 6-9 s, with 20-25 % more SSE), 0.1 s per
-tensor in float (certified within 1e-4). The numpy kernels are 3-10x slower.
+MobileNetV2-sized set (2.2 M values, 17 k channels) takes 0.04-0.05 s in int8 per channel and
+0.14-0.20 s in float per channel (scipy ``kmeans2``: 5-8 s, with 20-25 % more SSE), 0.05-0.09 s
+per tensor in float (certified within 1e-4). The numpy kernels are 3-10x slower.
 """
 
 from __future__ import annotations
 
+import heapq
 import itertools
 import os
+import threading
 import warnings
+from collections import deque
+from concurrent.futures import Future
 
 import numpy as np
 
@@ -631,8 +635,6 @@ class _LargestFirst:
     does not end the batch alone on one core while the others idle (the longest-first rule)."""
 
     def __init__(self, nt):
-        import threading
-
         self._heap, self._seq, self._closed = [], 0, False
         self._cv = threading.Condition()
         self._workers = [threading.Thread(target=self._work, name=f"tflite-cluster-ahead-{i}",
@@ -641,9 +643,6 @@ class _LargestFirst:
             t.start()
 
     def submit(self, size, fn, item):
-        import heapq
-        from concurrent.futures import Future
-
         fut = Future()
         with self._cv:
             heapq.heappush(self._heap, (-size, self._seq, fut, fn, item))
@@ -652,8 +651,6 @@ class _LargestFirst:
         return fut
 
     def _work(self):
-        import heapq
-
         while True:
             with self._cv:
                 while not self._heap and not self._closed:
@@ -687,9 +684,6 @@ def map_ahead(fn, items, sizes=None, budget=None):
     elements per item; default ``_AHEAD_ELEMS``), so memory stays bounded. Each future is done
     when yielded; ``result()`` returns the value or raises the item's own exception. One core
     (or one item): plain calls, in order."""
-    from collections import deque
-    from concurrent.futures import Future
-
     items = list(items)
     sizes = [1] * len(items) if sizes is None else list(sizes)
     budget = _AHEAD_ELEMS if budget is None else budget

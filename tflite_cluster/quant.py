@@ -107,11 +107,12 @@ def _dot(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def to_space(stored: np.ndarray, dtype: str, quant, space: Space) -> np.ndarray:
-    """Values to cluster: integer codes (int64) in int8 space; in float space the real values,
-    float32 weights as they are (the kernels take float32 rows, and every float32 is exact in
-    float64: no copy) and the others as float64."""
+    """Values to cluster: the integer codes in int8 space, in their stored type (the kernels
+    read 8 to 32-bit codes as they are: no int64 copy); in float space the real values, float32
+    weights as they are (the kernels take float32 rows, and every float32 is exact in float64:
+    no copy) and the others as float64."""
     if space == Space.INT8:
-        return stored.astype(np.int64)
+        return stored if stored.dtype.kind in "iu" else stored.astype(np.int64)
     if dtype == "float32":
         return stored
     return real_values(stored, dtype, quant)
